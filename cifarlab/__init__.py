@@ -1,0 +1,31 @@
+"""cifarlab: develop, train, evaluate and fine-tune CNNs on CIFAR-10/100.
+
+    import cifarlab
+    config = cifarlab.resolve_config("tutorial")      # a named recipe; edit fields freely
+    run = cifarlab.train(config)                      # → run.dir, run.test["accuracy"]
+    metrics = cifarlab.evaluate(run.dir, split="test", tta="flip")
+    model = cifarlab.load_model(run.dir)
+"""
+
+__version__ = "0.1.0"
+
+from .config import Config, resolve as resolve_config  # noqa: E402
+from .engine import Checkpoint, Run, classify_images, evaluate, load_checkpoint, load_model, train  # noqa: E402
+from .errors import CifarlabError  # noqa: E402
+from .models import create_model, list_models, model_stats  # noqa: E402
+
+__all__ = [
+    "Checkpoint",
+    "CifarlabError",
+    "Config",
+    "Run",
+    "classify_images",
+    "create_model",
+    "evaluate",
+    "list_models",
+    "load_checkpoint",
+    "load_model",
+    "model_stats",
+    "resolve_config",
+    "train",
+]

@@ -1,0 +1,263 @@
+"""Every knob of a run as dataclasses, with YAML recipes and `key=value` overrides.
+
+Resolution order (later wins): defaults → recipe → --config FILE → CLI flags → --set.
+The fully resolved config is saved in the run directory, so a run can always be repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import CifarlabError
+from .models import list_models
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+DEFAULT_RECIPE = "resnet20"
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"  # cifar10 | cifar100 | cifar100-coarse
+    data_dir: str | None = None  # None: $CIFARLAB_DATA, ./data, ~/.cache/cifarlab, else download
+    val_size: int | None = None  # held out of train for model selection; None = 10% (5,000 for CIFAR-10)
+    train_subset: int | None = None  # train on a stratified subset of this many images
+    split_seed: int = 0  # fixes the val split and the subset, whatever the training seed
+    mean: list[float] | None = None  # normalization; None = the dataset's published train statistics
+    std: list[float] | None = None
+
+
+@dataclass
+class AugmentConfig:
+    translate: int = 4  # random crop with this much padding = a shift of up to N px
+    padding_mode: str = "reflect"  # reflect | zeros (black, as torchvision's RandomCrop)
+    flip: str = "random"  # none | random | alternating (airbench: each image flips every other epoch)
+    cutout: int = 0  # side of a zeroed square per image; 0 = off
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"  # any name from `cifarlab models`
+    options: dict = field(default_factory=dict)  # extra keyword arguments for the model builder
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = True  # Nesterov momentum for SGD
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam/AdamW
+    weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = False  # also decay norm weights and biases (usually hurts)
+    schedule: str = "cosine"  # constant | step | cosine | linear (after warmup)
+    warmup_epochs: float = 0.0  # linear warmup from 0; with `linear` this is the one-cycle shape
+    milestones: list[float] = field(default_factory=list)  # `step`: epochs where lr is multiplied by gamma
+    gamma: float = 0.1
+    final_lr_factor: float = 0.0  # `cosine`/`linear` end at lr × this
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max global gradient norm; 0 = off
+    ema_decay: float = 0.0  # exponential moving average of weights, per step; 0 = off
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    seed: int = 0  # drives init, order and augmentation; one seed, one result
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    channels_last: bool = True  # NHWC: the fast layout for oneDNN on CPU and tensor cores on GPU
+    compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs repeat exactly anyway)
+    threads: int = 0  # CPU threads for torch; 0 = torch's default (all cores)
+    log_every: int = 50  # steps between metrics.jsonl lines
+    checkpoint_every: int = 0  # steps between mid-epoch `last` checkpoints; 0 = at epoch ends only
+    tta: str = "none"  # final test evaluation: none | flip | flip-translate
+    out: str | None = None  # run directory; None = runs/<recipe>
+
+
+@dataclass
+class Config:
+    recipe: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_CHOICES = {
+    "data.dataset": ("cifar10", "cifar100", "cifar100-coarse"),
+    "augment.padding_mode": ("reflect", "zeros"),
+    "augment.flip": ("none", "random", "alternating"),
+    "optim.name": ("sgd", "adam", "adamw"),
+    "optim.schedule": ("constant", "step", "cosine", "linear"),
+    "train.precision": ("auto", "fp32", "bf16"),
+    "train.tta": ("none", "flip", "flip-translate"),
+}
+_NON_NEGATIVE = (
+    "data.val_size", "augment.translate", "augment.cutout", "optim.lr", "optim.momentum", "optim.weight_decay",
+    "optim.warmup_epochs", "optim.gamma", "optim.final_lr_factor", "optim.grad_clip", "train.threads",
+    "train.log_every", "train.checkpoint_every",
+)  # fmt: skip
+_POSITIVE = ("data.train_subset", "train.epochs", "train.batch_size", "train.eval_batch_size")
+
+
+def validate(config: Config) -> Config:
+    """Check choices and ranges; raise one CifarlabError naming the key and the allowed values."""
+    flat = _flatten(config.to_dict())
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise CifarlabError(f"{key}={flat[key]!r} is not allowed; choose one of: {', '.join(choices)}")
+    for key in _NON_NEGATIVE + _POSITIVE:
+        value = flat[key]
+        if value is not None and (value < 0 or (key in _POSITIVE and value == 0)):
+            raise CifarlabError(f"{key}={value} is out of range; it must be {'> 0' if key in _POSITIVE else '>= 0'}")
+    for key, limit in (("optim.label_smoothing", 1.0), ("optim.ema_decay", 1.0), ("optim.momentum", 1.0)):
+        if not 0 <= flat[key] < limit:
+            raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [0, {limit})")
+    for key in ("data.mean", "data.std"):
+        if flat[key] is not None and (len(flat[key]) != 3 or (key == "data.std" and min(flat[key]) <= 0)):
+            raise CifarlabError(f"{key} must be three numbers (one per RGB channel){', all > 0' * (key == 'data.std')}")
+    if config.model.name not in list_models():
+        raise CifarlabError(f"unknown model '{config.model.name}'; `cifarlab models` lists: {', '.join(list_models())}")
+    if config.train.device not in ("auto", "cpu", "cuda") and not config.train.device.startswith("cuda:"):
+        raise CifarlabError(f"train.device={config.train.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+    return config
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and key != "options":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _coerce(value, annotation, key: str):
+    """Check a YAML/CLI value against a field's type (ints pass as floats, never the reverse)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(annotation):
+            return None
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise CifarlabError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, item, key) for v in value]
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation is dict and isinstance(value, dict):
+        return value
+    if annotation in (int, str, bool) and type(value) is annotation:
+        return value
+    raise CifarlabError(f"{key} must be of type {getattr(annotation, '__name__', annotation)}, got {value!r}")
+
+
+def merge(config: Config, overrides: dict, source: str) -> Config:
+    """Return `config` with nested `overrides` applied; unknown keys are errors naming `source`."""
+    if not isinstance(overrides, dict):
+        raise CifarlabError(f"{source}: expected a mapping of sections, got {type(overrides).__name__}")
+    config = dataclasses.replace(config)
+    hints = typing.get_type_hints(Config)
+    for section, values in overrides.items():
+        if section == "recipe":
+            config.recipe = values
+            continue
+        if section not in hints:
+            raise CifarlabError(f"{source}: unknown section '{section}'; sections are: {', '.join(hints)}")
+        if not isinstance(values, dict):
+            raise CifarlabError(f"{source}: section '{section}' must be a mapping")
+        current = getattr(config, section)
+        field_types = typing.get_type_hints(type(current))
+        updates = {}
+        for key, value in values.items():
+            if key not in field_types:
+                raise CifarlabError(
+                    f"{source}: unknown key '{section}.{key}'; keys are: {', '.join(field_types)}"
+                )
+            updates[key] = _coerce(value, field_types[key], f"{section}.{key}")
+        setattr(config, section, dataclasses.replace(current, **updates))
+    return config
+
+
+def parse_assignment(text: str) -> dict:
+    """'optim.lr=0.05' → {'optim': {'lr': 0.05}} (the value is read as YAML: numbers, bools, lists)."""
+    key, sep, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise CifarlabError(f"--set expects section.key=value (e.g. optim.lr=0.05), got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise CifarlabError(f"--set {text!r}: cannot read the value ({e})") from None
+    return {parts[0]: {parts[1]: value}}
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CifarlabError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise CifarlabError(f"config file '{path}' is not valid YAML: {e}") from None
+    return data or {}
+
+
+def list_recipes() -> dict[str, str]:
+    """Recipe name → its description (the leading comment block of its YAML file)."""
+    recipes = {}
+    for path in sorted(RECIPE_DIR.glob("*.yaml")):
+        lines = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            lines.append(line.lstrip("# ").rstrip())
+        recipes[path.stem] = " ".join(line for line in lines if line)
+    return recipes
+
+
+def load_recipe(name: str) -> Config:
+    path = RECIPE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise CifarlabError(f"unknown recipe '{name}'; `cifarlab recipes` lists: {', '.join(list_recipes())}")
+    config = merge(Config(), read_yaml(path), f"recipe '{name}'")
+    config.recipe = name
+    return config
+
+
+def resolve(
+    recipe: str | None = None, config_file: str | None = None, flags: dict | None = None, sets: list[str] = ()
+) -> Config:
+    """Build the run's config: recipe, then a YAML file, then CLI flags, then --set lines."""
+    config = load_recipe(recipe or DEFAULT_RECIPE)
+    if config_file:
+        config = merge(config, read_yaml(config_file), str(config_file))
+    if flags:
+        config = merge(config, flags, "command line")
+    for assignment in sets:
+        config = merge(config, parse_assignment(assignment), "--set")
+    return validate(config)
+
+
+def from_dict(d: dict) -> Config:
+    """Rebuild a saved config (config.yaml of a run, meta.json of a checkpoint)."""
+    return validate(merge(Config(), d, "saved config"))

@@ -1,0 +1,104 @@
+"""Evaluation: logits with optional test-time augmentation, then accuracy, loss, per-class
+precision/recall/F1 and the confusion matrix."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import DeviceLoader
+
+TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}
+
+
+def _flip_average(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (model(x) + model(x.flip(-1)))
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
+    """Average logits over views: 'flip' adds the mirror image; 'flip-translate' also averages
+    1-px shifts up-left and down-right (reflect-padded), each with its mirror, weighted as in
+    airbench (half the weight on the unshifted pair)."""
+    if tta == "none":
+        return model(x)
+    logits = _flip_average(model, x)
+    if tta == "flip":
+        return logits
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
+    return 0.5 * logits + 0.25 * sum(_flip_average(model, s) for s in shifted)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DeviceLoader, tta: str = "none", autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits and labels (on the CPU) for every image of the loader, in order."""
+    was_training = model.training
+    model.eval()
+    outputs, labels = [], []
+    with autocast or contextlib.nullcontext():
+        for x, y in loader.epoch(0):
+            outputs.append(tta_logits(model, x, tta).float().cpu())
+            labels.append(y.cpu())
+    model.train(was_training)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    """Accuracy, loss, top-5, per-class precision/recall(=class accuracy)/F1, confusion matrix
+    (rows: true class, columns: predicted class)."""
+    k = len(classes)
+    predictions = logits.argmax(1)
+    confusion = torch.bincount(labels * k + predictions, minlength=k * k).view(k, k)
+    true_positive = confusion.diag().double()
+    support = confusion.sum(1).double()
+    predicted = confusion.sum(0).double()
+    precision = torch.where(predicted > 0, true_positive / predicted.clamp(min=1), 0.0)
+    recall = torch.where(support > 0, true_positive / support.clamp(min=1), 0.0)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
+    result = {
+        "num_images": len(labels),
+        "accuracy": (predictions == labels).double().mean().item(),
+        "loss": F.cross_entropy(logits, labels).item(),
+        "macro_f1": f1.mean().item(),
+        "per_class": {
+            name: {
+                "accuracy": recall[i].item(),
+                "precision": precision[i].item(),
+                "recall": recall[i].item(),
+                "f1": f1[i].item(),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(classes)
+        },
+        "confusion_matrix": confusion.tolist(),
+    }
+    if k > 5:
+        top5 = logits.topk(5, dim=1).indices
+        result["top5_accuracy"] = (top5 == labels[:, None]).any(1).double().mean().item()
+    return result
+
+
+def format_report(metrics: dict, classes: list[str]) -> str:
+    """A plain-text summary: headline figures, the per-class table and (up to 20 classes) the
+    confusion matrix."""
+    lines = [
+        f"accuracy {metrics['accuracy']:.2%}  loss {metrics['loss']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
+        + (f"  top-5 {metrics['top5_accuracy']:.2%}" if "top5_accuracy" in metrics else ""),
+        "",
+        f"{'class':>14} {'acc':>7} {'prec':>7} {'recall':>7} {'f1':>7} {'n':>6}",
+    ]
+    for name in classes:
+        c = metrics["per_class"][name]
+        lines.append(
+            f"{name[:14]:>14} {c['accuracy']:7.2%} {c['precision']:7.3f} {c['recall']:7.3f} {c['f1']:7.3f} {c['support']:6d}"
+        )
+    if len(classes) <= 20:
+        short = [name[:5] for name in classes]
+        lines += ["", "confusion matrix (rows: true, columns: predicted)", " " * 14 + "".join(f"{s:>6}" for s in short)]
+        for name, row in zip(classes, metrics["confusion_matrix"]):
+            lines.append(f"{name[:13]:>13} " + "".join(f"{v:6d}" for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Using a saved model: evaluate it on a split, or classify image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..config import from_dict
+from ..data import DeviceLoader, ImageSet, make_splits
+from ..errors import CifarlabError
+from .checkpoint import load_checkpoint
+from .evaluate import metrics_from_logits, predict
+from .runtime import autocast, select_device
+
+
+def evaluate(
+    source: str | Path, split: str = "test", tta: str = "none", data_dir: str | None = None, device: str = "auto"
+) -> dict:
+    """Metrics of a run's (best) checkpoint, or any checkpoint, on its dataset's val or test split.
+
+    The split is rebuilt from the run's saved data settings, so 'val' is the same held-out
+    set the run selected its checkpoint on.
+    """
+    if split not in ("val", "test"):
+        raise CifarlabError(f"unknown split '{split}'; choose 'val' or 'test'")
+    if tta not in ("none", "flip", "flip-translate"):
+        raise CifarlabError(f"unknown TTA '{tta}'; choose none, flip or flip-translate")
+    dev = select_device(device)
+    checkpoint = load_checkpoint(source, dev)
+    config = from_dict(checkpoint.meta["config"])
+    if data_dir is not None:
+        config.data.data_dir = data_dir
+    splits = make_splits(config.data)
+    data = splits.val if split == "val" else splits.test
+    if data is None:
+        raise CifarlabError("this run was trained with data.val_size=0: it has no validation split")
+    loader = DeviceLoader(
+        data, config.train.eval_batch_size, checkpoint.mean, checkpoint.std, device=dev,
+        channels_last=config.train.channels_last,
+    )  # fmt: skip
+    checkpoint.model.to(memory_format=torch.channels_last if config.train.channels_last else torch.contiguous_format)
+    logits, labels = predict(checkpoint.model, loader, tta, autocast(dev, config.train.precision))
+    return {
+        "split": split,
+        "checkpoint": str(checkpoint.folder),
+        "tta": tta,
+        **metrics_from_logits(logits, labels, checkpoint.classes),
+    }
+
+
+def read_image(path: str | Path, size: int = 32) -> torch.Tensor:
+    """Any image Pillow reads, as uint8 (3, size, size): RGB, resized with antialiasing."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    except FileNotFoundError:
+        raise CifarlabError(f"image '{path}' does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise CifarlabError(f"cannot read image '{path}': {e}") from None
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
+def classify_images(source: str | Path, paths: list[str | Path], top_k: int = 5, device: str = "auto") -> list[list[tuple[str, float]]]:
+    """Top-k (class, probability) for each image file, with the checkpoint's normalization."""
+    images = torch.stack([read_image(p) for p in paths])  # read all first: a bad file fails fast
+    dev = select_device(device)
+    checkpoint = load_checkpoint(source, dev)
+    data = ImageSet(images, torch.zeros(len(images), dtype=torch.long), checkpoint.classes)
+    loader = DeviceLoader(data, 256, checkpoint.mean, checkpoint.std, device=dev, channels_last=False)
+    logits, _ = predict(checkpoint.model, loader)
+    probabilities = logits.softmax(1)
+    k = min(top_k, len(checkpoint.classes))
+    top = probabilities.topk(k, dim=1)
+    return [
+        [(checkpoint.classes[i], p) for p, i in zip(values.tolist(), indices.tolist())]
+        for values, indices in zip(top.values, top.indices)
+    ]

@@ -1,0 +1,361 @@
+"""The training loop: one readable pass from config to `eval.json`.
+
+Reproducibility contract: a run is a function of its config. Order and augmentation come
+from (seed, epoch) (see data.loader); everything else that changes during training (weights,
+optimizer, schedule, EMA, RNG, running sums, position) is saved in `checkpoints/last`, so a
+run killed at any moment and resumed ends with the same weights as one that never stopped
+(bit for bit on CPU with the same threads).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from .. import __version__
+from ..config import Config, from_dict, read_yaml, validate
+from ..data import DeviceLoader, Splits, make_splits
+from ..errors import CifarlabError
+from ..fileio import write_json, write_text
+from ..models import create_model
+from .checkpoint import load_weights_into, read_state, read_weights, recover_checkpoint, save_checkpoint
+from .evaluate import format_report, metrics_from_logits, predict
+from .metrics_log import MetricsLog
+from .optim import build_optimizer, build_scheduler
+from .runtime import autocast, configure, hardware, rng_state, seed_everything, select_device, set_rng_state
+
+# Settings that may differ between a run and its resumption (they do not change the result).
+_RESUME_FREE_KEYS = {("data", "data_dir"), ("train", "out")}
+
+
+@dataclass
+class Run:
+    dir: Path
+    config: Config
+    test: dict  # the content of eval.json
+    best_val_accuracy: float | None
+
+
+class _StopRequest:
+    """Turns the first Ctrl-C into a flag checked between steps, so the run stops on a step
+    boundary and saves a consistent `last` checkpoint; a second Ctrl-C aborts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = signal.getsignal(signal.SIGINT)
+        if self.previous is not None:  # only the main thread may set handlers
+            try:
+                signal.signal(signal.SIGINT, self._handle)
+            except ValueError:
+                self.previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step and saving checkpoints/last (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir: Path, splits: Splits, device: torch.device, verbose: bool = True):
+        c = self.config = config
+        self.run_dir, self.splits, self.device, self.verbose = run_dir, splits, device, verbose
+        self.checkpoints = run_dir / "checkpoints"
+
+        seed_everything(c.train.seed)
+        model = create_model(c.model.name, num_classes=len(splits.classes), **c.model.options)
+        memory_format = torch.channels_last if c.train.channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=memory_format)
+        loader_args = dict(mean=splits.mean, std=splits.std, device=device, channels_last=c.train.channels_last)
+        a = c.augment
+        self.train_loader = DeviceLoader(
+            splits.train, c.train.batch_size, translate=a.translate, padding_mode=a.padding_mode, flip=a.flip,
+            cutout_size=a.cutout, shuffle=True, drop_last=True, seed=c.train.seed, **loader_args,
+        )  # fmt: skip
+        if len(self.train_loader) == 0:
+            raise CifarlabError(
+                f"train.batch_size={c.train.batch_size} is larger than the {len(splits.train)} training images"
+            )
+        self.val_loader = DeviceLoader(splits.val, c.train.eval_batch_size, **loader_args) if splits.val else None
+        self.test_loader = DeviceLoader(splits.test, c.train.eval_batch_size, **loader_args)
+
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = c.train.epochs * self.steps_per_epoch
+        self.optimizer = build_optimizer(self.model, c.optim)
+        self.scheduler = build_scheduler(self.optimizer, c.optim, self.total_steps, self.steps_per_epoch)
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(c.optim.ema_decay), use_buffers=True)
+            if c.optim.ema_decay
+            else None
+        )
+        self.forward = torch.compile(self.model) if c.train.compile else self.model
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=c.optim.label_smoothing)
+        self.log = MetricsLog(run_dir / "metrics.jsonl")
+
+        # Position and running sums: all of it is saved in `last` and restored on resume.
+        self.epoch = self.batch = self.step = 0
+        self.elapsed = 0.0
+        self.best_val_accuracy: float | None = None
+        # [loss×n, correct, n] for the epoch so far and for the window since the last log line
+        self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.window_sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    # ----------------------------------------------------------------- training
+    def fit(self) -> None:
+        c = self.config.train
+        self.clock = time.perf_counter() - self.elapsed
+        self.window_clock = time.perf_counter()
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=None if self.verbose else True)
+        self.bar = bar
+        with _StopRequest() as stop, bar:
+            while self.epoch < c.epochs:
+                self.model.train()
+                for x, y in self.train_loader.epoch(self.epoch, start_batch=self.batch):
+                    self.train_step(x, y)
+                    bar.update()
+                    if self.step % c.log_every == 0:
+                        self.log_window()
+                    if stop.requested or (c.checkpoint_every and self.step % c.checkpoint_every == 0):
+                        self.save_last()
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                self.end_epoch()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with autocast(self.device, self.config.train.precision):
+            logits = self.forward(x)
+            loss = self.criterion(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.optim.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        loss = loss.detach()
+        self.nonfinite |= ~torch.isfinite(loss)
+        sums = torch.stack([loss.double() * len(y), (logits.argmax(1) == y).sum().double(), loss.new_tensor(len(y), dtype=torch.float64)])
+        self.epoch_sums += sums
+        self.window_sums += sums
+        self.batch += 1
+        self.step += 1
+
+    def check_finite(self) -> None:
+        if self.nonfinite.item():
+            last = self.checkpoints / "last"
+            where = f"'{last}'" if last.exists() else "no checkpoint (none was saved yet)"
+            raise CifarlabError(
+                f"the training loss became NaN/inf before step {self.step} (epoch {self.epoch + 1}); stopped. "
+                f"The last good checkpoint is {where}. Try a lower learning rate (--lr) or gradient "
+                f"clipping (--set optim.grad_clip=1.0)."
+            )
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def log_window(self) -> None:
+        self.check_finite()
+        loss_sum, correct, seen = self.window_sums.tolist()
+        now = time.perf_counter()
+        record = {
+            "step": self.step,
+            "epoch": round(self.epoch + self.batch / self.steps_per_epoch, 4),
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "lr": self.lr(),
+            "images_per_s": seen / max(now - self.window_clock, 1e-9),
+            "elapsed": now - self.clock,
+        }
+        self.log.write(record)
+        self.bar.set_postfix(
+            loss=f"{record['train_loss']:.3f}", acc=f"{record['train_acc']:.1%}", lr=f"{record['lr']:.4g}",
+            img_s=f"{record['images_per_s']:.0f}",
+        )  # fmt: skip
+        self.window_sums.zero_()
+        self.window_clock = now
+
+    def end_epoch(self) -> None:
+        self.check_finite()
+        loss_sum, correct, seen = self.epoch_sums.tolist()
+        record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": loss_sum / seen, "train_acc": correct / seen}
+        val = None
+        if self.val_loader is not None:
+            logits, labels = predict(self.eval_model, self.val_loader, "none", autocast(self.device, self.config.train.precision))
+            val = metrics_from_logits(logits, labels, self.splits.classes)
+            record.update(val_loss=val["loss"], val_acc=val["accuracy"])
+        record.update(lr=self.lr(), elapsed=time.perf_counter() - self.clock)
+        self.log.write(record)
+        if self.verbose:
+            text = f"epoch {record['epoch']}/{self.config.train.epochs}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.2%}"
+            if val is not None:
+                text += f"  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}"
+            self.bar.write(text + f"  [{record['elapsed']:.0f}s]")
+        self.epoch += 1
+        self.batch = 0
+        self.epoch_sums.zero_()
+        if val is not None and (self.best_val_accuracy is None or val["accuracy"] > self.best_val_accuracy):
+            self.best_val_accuracy = val["accuracy"]
+            save_checkpoint(self.checkpoints / "best", self.eval_model.state_dict(), self.meta(val))
+        self.save_last()
+
+    # ----------------------------------------------------------- checkpoints
+    def meta(self, val: dict | None = None) -> dict:
+        c = self.config
+        return {
+            "model": c.model.name,
+            "model_options": c.model.options,
+            "classes": self.splits.classes,
+            "mean": list(self.splits.mean),
+            "std": list(self.splits.std),
+            "epoch": self.epoch,
+            "step": self.step,
+            "val_accuracy": val["accuracy"] if val else None,
+            "val_loss": val["loss"] if val else None,
+            "ema": self.ema is not None,
+            "config": c.to_dict(),
+            "versions": {"cifarlab": __version__, "torch": torch.__version__},
+        }
+
+    def save_last(self) -> None:
+        self.check_finite()
+        self.elapsed = time.perf_counter() - self.clock
+        state = {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "best_val_accuracy": self.best_val_accuracy,
+            "metrics_offset": self.log.offset(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "epoch_sums": self.epoch_sums.cpu(),
+            "window_sums": self.window_sums.cpu(),
+            "train_model": self.model.state_dict() if self.ema is not None else None,
+            "ema_state": self.ema.state_dict() if self.ema is not None else None,
+        }
+        save_checkpoint(self.checkpoints / "last", self.eval_model.state_dict(), self.meta(), state)
+
+    def restore(self) -> bool:
+        """Continue from `last` if there is one; returns whether anything was restored."""
+        for name in ("last", "best"):
+            recover_checkpoint(self.checkpoints / name)
+        last = self.checkpoints / "last"
+        if not last.exists():
+            self.log.truncate(0)
+            return False
+        state = read_state(last)
+        weights = read_weights(last / "model.safetensors")
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema_state"])
+            self.model.load_state_dict(state["train_model"])
+        else:
+            load_weights_into(self.model, weights, str(last))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.elapsed, self.best_val_accuracy = state["elapsed"], state["best_val_accuracy"]
+        self.epoch_sums.copy_(state["epoch_sums"])
+        self.window_sums.copy_(state["window_sums"])
+        self.log.truncate(state["metrics_offset"])
+        return True
+
+    # ------------------------------------------------------------ final test
+    def finish(self) -> Run:
+        """Evaluate the test set once, with the model chosen on validation accuracy."""
+        c = self.config.train
+        best = self.checkpoints / "best"
+        chosen = "best" if best.exists() else "last"
+        model = self.eval_model
+        if chosen == "best":
+            load_weights_into(model, read_weights(best / "model.safetensors"), str(best))
+        start = time.perf_counter()
+        logits, labels = predict(model, self.test_loader, c.tta, autocast(self.device, c.precision))
+        metrics = metrics_from_logits(logits, labels, self.splits.classes)
+        result = {
+            "split": "test",
+            "checkpoint": chosen,
+            "tta": c.tta,
+            "val_accuracy": self.best_val_accuracy,
+            "train_seconds": self.elapsed,
+            "eval_seconds": time.perf_counter() - start,
+            "device": str(self.device),
+            "hardware": hardware(self.device),
+            **metrics,
+        }
+        write_json(self.run_dir / "eval.json", result)
+        self.log.write({"event": "test", "accuracy": metrics["accuracy"], "loss": metrics["loss"], "checkpoint": chosen})
+        if self.verbose:
+            print(f"\ntest set ({len(labels)} images, {chosen} checkpoint, tta={c.tta}):")
+            print(format_report(metrics, self.splits.classes))
+            print(f"\nrun directory: {self.run_dir}")
+        return Run(self.run_dir, self.config, result, self.best_val_accuracy)
+
+
+def _config_differences(saved: Config, current: Config) -> list[str]:
+    diffs = []
+    for section, values in current.to_dict().items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if (section, key) not in _RESUME_FREE_KEYS and saved.to_dict()[section][key] != value:
+                diffs.append(f"{section}.{key}: run has {saved.to_dict()[section][key]!r}, now {value!r}")
+    return diffs
+
+
+def train(config: Config, resume: bool = False, verbose: bool = True) -> Run:
+    """Train as configured into `config.train.out` (default runs/<recipe>) and test once.
+
+    With `resume`, continue the run in that folder from `checkpoints/last` (or start it if it
+    holds nothing yet); the config must match the saved one.
+    """
+    config = validate(config)
+    run_dir = Path(config.train.out or f"runs/{config.recipe or 'custom'}")
+    config_path = run_dir / "config.yaml"
+    if resume and config_path.is_file():
+        differences = _config_differences(from_dict(read_yaml(config_path)), config)
+        if differences:
+            raise CifarlabError(f"--resume needs the run's own settings; these differ: {'; '.join(differences)}")
+        if (run_dir / "eval.json").is_file():
+            if verbose:
+                print(f"run '{run_dir}' is already finished; its test results are in eval.json", file=sys.stderr)
+            result = json.loads((run_dir / "eval.json").read_text())
+            return Run(run_dir, config, result, result["val_accuracy"])
+    elif run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise CifarlabError(f"'{run_dir}' already holds a run; pass --resume to continue it or --out for a new one")
+
+    device = select_device(config.train.device)
+    configure(config.train.threads, config.train.deterministic)
+    splits = make_splits(config.data)
+    trainer = Trainer(config, run_dir, splits, device, verbose)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not config_path.is_file():
+        write_text(config_path, config.to_yaml())
+    if resume and trainer.restore() and verbose:
+        print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
+    trainer.fit()
+    return trainer.finish()

@@ -1,0 +1,61 @@
+"""Model registry: `create_model(name, num_classes=...)` over decorated builder functions (as timm)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..errors import CifarlabError
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a builder under its function name; its docstring's first line describes it."""
+    _BUILDERS[builder.__name__] = builder
+    return builder
+
+
+def list_models() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def describe_model(name: str) -> str:
+    return (_get_builder(name).__doc__ or "").strip().splitlines()[0]
+
+
+def _get_builder(name: str) -> Callable[..., nn.Module]:
+    try:
+        return _BUILDERS[name]
+    except KeyError:
+        raise CifarlabError(f"unknown model '{name}'; `cifarlab models` lists: {', '.join(list_models())}") from None
+
+
+def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
+    """Build a registered model with a fresh head for `num_classes` classes."""
+    builder = _get_builder(name)
+    try:
+        return builder(num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        raise CifarlabError(f"bad options for model '{name}': {e}") from None
+
+
+@dataclass
+class ModelStats:
+    params: int
+    mflops: float  # forward pass of one 32×32 image, in millions of FLOPs (a multiply-add = 2)
+
+
+def model_stats(model: nn.Module, image_size: int = 32) -> ModelStats:
+    """Parameter count and FLOPs per image, counted by torch.utils.flop_counter."""
+    params = sum(p.numel() for p in model.parameters())
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    model.train(was_training)
+    return ModelStats(params, counter.get_total_flops() / 1e6)

@@ -1,0 +1,189 @@
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import cifarlab
+from cifarlab.cli import main
+from cifarlab.config import OptimConfig
+from cifarlab.engine.metrics_log import read_metrics
+from cifarlab.engine.optim import build_optimizer, lr_factor
+from cifarlab.errors import CifarlabError
+from cifarlab.models import register_model
+
+
+def small_config(data_root, out, *sets):
+    """ResNet-20 for 2 epochs on the small synthetic set, with the loader's augmentations on."""
+    return cifarlab.resolve_config(
+        "resnet20",
+        sets=[f"data.data_dir={data_root}", f"train.out={out}", "train.epochs=2", "train.batch_size=50",
+              "train.log_every=3", "optim.lr=0.05", "optim.warmup_epochs=0.5", "augment.cutout=8", *sets],
+    )  # fmt: skip
+
+
+def test_train_writes_a_complete_run_directory(synthetic_root, tmp_path):
+    run = cifarlab.train(small_config(synthetic_root, tmp_path / "run", "optim.ema_decay=0.9"), verbose=False)
+    d = run.dir
+    assert (d / "config.yaml").is_file() and (d / "eval.json").is_file()
+    for name in ("last", "best"):
+        assert {p.name for p in (d / "checkpoints" / name).iterdir()} >= {"model.safetensors", "meta.json"}
+    assert (d / "checkpoints" / "last" / "state.pt").is_file()
+    records = read_metrics(d / "metrics.jsonl")
+    steps = [r for r in records if "step" in r and "val_acc" not in r and "event" not in r]
+    epochs = [r for r in records if "val_acc" in r]
+    assert [r["step"] for r in steps] == [3, 6, 9, 12, 15, 18] and [r["epoch"] for r in epochs] == [1, 2]
+    assert all({"train_loss", "train_acc", "lr", "images_per_s", "elapsed"} <= r.keys() for r in steps)
+    assert records[-1]["event"] == "test"
+    result = json.loads((d / "eval.json").read_text())
+    assert result["split"] == "test" and result["checkpoint"] == "best" and result["num_images"] == 200
+    assert sum(map(sum, result["confusion_matrix"])) == 200
+    assert set(result["per_class"]) == set(run.test["per_class"]) and len(result["per_class"]) == 10
+    assert result["val_accuracy"] == max(r["val_acc"] for r in epochs)
+    # the checkpoint is the model: evaluating it again gives the same figures
+    again = cifarlab.evaluate(d, split="test")
+    assert again["accuracy"] == result["accuracy"] and again["confusion_matrix"] == result["confusion_matrix"]
+
+
+def test_checkpoint_round_trip(synthetic_root, tmp_path):
+    run = cifarlab.train(small_config(synthetic_root, tmp_path / "run", "train.epochs=1"), verbose=False)
+    last = run.dir / "checkpoints" / "last"
+    model = cifarlab.load_model(last)
+    weights = load_file(last / "model.safetensors")
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    fresh = cifarlab.create_model("resnet20")
+    x = torch.randn(4, 3, 32, 32)
+    fresh.load_state_dict(weights)
+    fresh.eval()
+    assert torch.equal(model(x), fresh(x))
+    meta = cifarlab.load_checkpoint(run.dir).meta
+    assert meta["model"] == "resnet20" and meta["classes"][0] == "airplane" and meta["epoch"] == 1
+
+
+def test_mismatched_weights_name_the_keys(synthetic_root, tmp_path):
+    run = cifarlab.train(small_config(synthetic_root, tmp_path / "run", "train.epochs=1"), verbose=False)
+    meta_path = run.dir / "checkpoints" / "best" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model"] = "resnet18"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CifarlabError, match="do not fit the model; missing: .*unexpected: .*shape mismatch"):
+        cifarlab.load_model(run.dir)
+
+
+class _NaNAfter(nn.Module):
+    """A linear model whose logits turn NaN after a given number of training forwards."""
+
+    def __init__(self, num_classes: int = 10, after: int = 12):
+        super().__init__()
+        self.linear = nn.Linear(3 * 32 * 32, num_classes)
+        self.calls, self.after = 0, after
+
+    def forward(self, x):
+        self.calls += self.training
+        out = self.linear(x.flatten(1))
+        return out * float("nan") if self.training and self.calls > self.after else out
+
+
+@register_model
+def nan_after_test_model(num_classes: int = 10, after: int = 12) -> nn.Module:
+    """Test-only model that produces a NaN loss after some steps."""
+    return _NaNAfter(num_classes, after)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    config = small_config(synthetic_root, out, "model.name=nan_after_test_model", "train.epochs=5")
+    with pytest.raises(CifarlabError, match=r"loss became NaN/inf .*epoch 2.*checkpoints/last"):
+        cifarlab.train(config, verbose=False)  # 9 steps per epoch: NaN from step 13
+    meta = json.loads((out / "checkpoints" / "last" / "meta.json").read_text())
+    assert meta["epoch"] == 1 and meta["step"] == 9
+    weights = load_file(out / "checkpoints" / "last" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not (out / "eval.json").exists()
+    assert not list(out.rglob("*.partial")) and not list(out.rglob("*.tmp"))
+
+
+def test_existing_run_and_changed_settings_are_refused(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    cifarlab.train(small_config(synthetic_root, out, "train.epochs=1"), verbose=False)
+    with pytest.raises(CifarlabError, match="already holds a run; pass --resume"):
+        cifarlab.train(small_config(synthetic_root, out, "train.epochs=1"), verbose=False)
+    with pytest.raises(CifarlabError, match=r"settings; these differ: optim.lr: run has 0.05, now 0.1"):
+        cifarlab.train(small_config(synthetic_root, out, "train.epochs=1", "optim.lr=0.1"), resume=True)
+    finished = cifarlab.train(small_config(synthetic_root, out, "train.epochs=1"), resume=True, verbose=False)
+    assert finished.test == json.loads((out / "eval.json").read_text())
+
+
+def test_lr_schedules():
+    cfg = OptimConfig(schedule="cosine", warmup_epochs=1, final_lr_factor=0.1)
+    assert lr_factor(0, 100, 10, cfg) == pytest.approx(0.1)  # warmup from 1/10
+    assert lr_factor(9, 100, 10, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, cfg) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway
+    assert lr_factor(100, 100, 10, cfg) == pytest.approx(0.1)
+    linear = OptimConfig(schedule="linear", warmup_epochs=2)
+    assert lr_factor(20, 120, 10, linear) == pytest.approx(1.0)
+    assert lr_factor(70, 120, 10, linear) == pytest.approx(0.5)
+    step = OptimConfig(schedule="step", milestones=[3, 6], gamma=0.1)
+    assert [lr_factor(s, 100, 10, step) for s in (29, 30, 59, 60)] == pytest.approx([1, 0.1, 0.1, 0.01])
+    assert lr_factor(50, 100, 10, OptimConfig(schedule="constant")) == 1.0
+    assert not math.isnan(lr_factor(0, 1, 1, OptimConfig(warmup_epochs=0)))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_weight_decay_skips_norms_and_biases(name):
+    model = cifarlab.create_model("resnet20")
+    optimizer = build_optimizer(model, OptimConfig(name=name, weight_decay=1e-3))
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 1e-3 and plain["weight_decay"] == 0.0
+    assert all(p.ndim == 4 or p.ndim == 2 for p in decayed["params"]) and all(p.ndim == 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    every = build_optimizer(model, OptimConfig(name=name, weight_decay=1e-3, decay_norm_and_bias=True))
+    assert len(every.param_groups) == 1
+
+
+def test_cli_error_paths(synthetic_root, tmp_path, capsys):
+    cases = [
+        (["train", "--model", "resnet9000"], "unknown model 'resnet9000'"),
+        (["train", "--config", str(tmp_path / "nope.yaml")], "does not exist"),
+        (["train", "--lr", "-1"], "optim.lr=-1.0 is out of range"),
+        (["train", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")], "does not exist"),
+        (["eval", str(tmp_path / "no-run")], "does not exist"),
+        (["predict", str(tmp_path), "x.png"], "does not exist"),
+        (["data", "info", "--dataset", "mnist", "--data-dir", str(synthetic_root)], "unknown dataset 'mnist'"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--epochs", "two"])
+    assert e.value.code == 2
+
+
+def test_cli_train_eval_predict(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", "tutorial", "--data-dir", str(synthetic_root), "--out", str(out), "--epochs", "1",
+            "--set", "data.val_size=100", "--batch-size", "20", "--lr", "0.01"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "confusion matrix" in printed and "airplane" in printed
+    assert main(["eval", str(out), "--split", "val", "--tta", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["split"] == "val" and metrics["num_images"] == 100 and metrics["tta"] == "flip-translate"
+
+    from PIL import Image
+
+    data = cifarlab.data.load_split("cifar10", "test", synthetic_root)
+    png, jpg, bad = tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "c.png"
+    Image.fromarray(data.images[0].permute(1, 2, 0).numpy()).resize((64, 48)).save(png)
+    Image.fromarray(data.images[1].permute(1, 2, 0).numpy()).save(jpg, quality=95)
+    bad.write_bytes(b"not an image")
+    assert main(["predict", str(out), str(png), str(jpg), "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(str(png)) and lines[0].count("%") == 2
+    assert main(["predict", str(out), str(png), str(bad)]) == 2
+    assert "cannot read image" in capsys.readouterr().err
