@@ -1,0 +1,222 @@
+"""CIFAR-10/100 in the official "python version" layout: find, parse, validate, verify.
+
+A split is held once as a uint8 tensor (N, 3, 32, 32) plus int64 labels; everything
+downstream (splits, loader, evaluation) indexes into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CifarlabError
+from .unpickle import RefusedGlobal, load_restricted_pickle
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    folder: str  # folder the archive extracts to
+    url: str
+    archive_md5: str
+    train_files: tuple[tuple[str, str], ...]  # (file name, official md5)
+    test_files: tuple[tuple[str, str], ...]
+    meta_file: tuple[str, str]
+    label_key: str  # key of the labels in each batch
+    names_key: str  # key of the class names in the meta file
+    mean: tuple[float, float, float]  # published training-set statistics, 0..1 scale
+    std: tuple[float, float, float]
+
+    @property
+    def files(self) -> tuple[tuple[str, str], ...]:
+        return (*self.train_files, *self.test_files, self.meta_file)
+
+
+_CIFAR10 = dict(
+    folder="cifar-10-batches-py",
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    archive_md5="c58f30108f718f92721af3b95e74349a",
+    train_files=(
+        ("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+        ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+        ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+        ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+        ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"),
+    ),
+    test_files=(("test_batch", "40351d587109b95175f43aff81a1287e"),),
+    meta_file=("batches.meta", "5ff9c542aee3614f3951f8cda6e48888"),
+    label_key="labels",
+    names_key="label_names",
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+)
+_CIFAR100 = dict(
+    folder="cifar-100-python",
+    url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    archive_md5="eb9058c3a382ffc7106e4002c42a8d85",
+    train_files=(("train", "16019d7e3df5f24257cddd939b257f8d"),),
+    test_files=(("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),),
+    meta_file=("meta", "7973b15100ade9c7d40fb424638fde48"),
+    mean=(0.5071, 0.4865, 0.4409),
+    std=(0.2673, 0.2564, 0.2762),
+)
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(name="cifar10", **_CIFAR10),
+    "cifar100": DatasetSpec(
+        name="cifar100", label_key="fine_labels", names_key="fine_label_names", **_CIFAR100
+    ),
+    "cifar100-coarse": DatasetSpec(
+        name="cifar100-coarse", label_key="coarse_labels", names_key="coarse_label_names", **_CIFAR100
+    ),
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise CifarlabError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}") from None
+
+
+@dataclass
+class ImageSet:
+    """Images as uint8 (N, 3, 32, 32), labels as int64 (N,), and the class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[index], self.labels[index], self.classes)
+
+
+def search_roots(data_dir: str | Path | None) -> list[Path]:
+    """Where to look for data: an explicit --data-dir alone, else $CIFARLAB_DATA, ./data, ~/.cache/cifarlab."""
+    if data_dir is not None:
+        return [Path(data_dir).expanduser()]
+    roots = [Path(os.environ["CIFARLAB_DATA"]).expanduser()] if os.environ.get("CIFARLAB_DATA") else []
+    return roots + [Path("data"), default_download_root()]
+
+
+def default_download_root() -> Path:
+    return Path("~/.cache/cifarlab").expanduser()
+
+
+def find_root(spec: DatasetSpec, data_dir: str | Path | None = None) -> Path | None:
+    """The first search root that holds the dataset's folder, or None."""
+    for root in search_roots(data_dir):
+        if (root / spec.folder).is_dir():
+            return root
+    return None
+
+
+def locate(name: str, data_dir: str | Path | None = None, download: bool = True) -> Path:
+    """The folder holding the dataset's files, downloading it first if it is nowhere."""
+    spec = get_spec(name)
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise CifarlabError(f"data directory '{data_dir}' does not exist (`cifarlab data download --data-dir` creates it)")
+    root = find_root(spec, data_dir)
+    if root is None:
+        tried = ", ".join(str(r) for r in search_roots(data_dir))
+        if not download:
+            raise CifarlabError(
+                f"{spec.name} not found (looked for '{spec.folder}/' in: {tried}). "
+                f"Run `cifarlab data download --dataset {spec.name}` or pass --data-dir."
+            )
+        from .download import download as fetch
+
+        root = fetch(name, data_dir)
+    return root / spec.folder
+
+
+def _read_file(path: Path) -> dict:
+    """Parse one batch file, turning every failure into a message that says what to do."""
+    fix = (
+        f"Delete '{path.parent}' and run `cifarlab data download --data-dir {path.parent.parent}`, "
+        f"or run `cifarlab data verify` to compare md5s."
+    )
+    if not path.is_file():
+        raise CifarlabError(f"missing data file '{path}'. {fix}")
+    try:
+        obj = load_restricted_pickle(path)
+    except RefusedGlobal as e:
+        raise CifarlabError(f"'{path}' is not a valid CIFAR file ({e}). {fix}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+        raise CifarlabError(f"'{path}' is truncated or corrupt ({type(e).__name__}: {e}). {fix}") from None
+    if not isinstance(obj, dict):
+        raise CifarlabError(f"'{path}' is not a CIFAR batch (a {type(obj).__name__}, not a dict). {fix}")
+    return obj
+
+
+def load_classes(name: str, data_dir: str | Path | None = None, download: bool = True) -> list[str]:
+    spec = get_spec(name)
+    folder = locate(name, data_dir, download)
+    meta = _read_file(folder / spec.meta_file[0])
+    classes = meta.get(spec.names_key)
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise CifarlabError(f"'{folder / spec.meta_file[0]}' has no class-name list '{spec.names_key}'")
+    return classes
+
+
+def load_split(name: str, split: str, data_dir: str | Path | None = None, download: bool = True) -> ImageSet:
+    """Load the 'train' or 'test' split of a dataset as one ImageSet."""
+    if split not in ("train", "test"):
+        raise CifarlabError(f"unknown split '{split}'; choose 'train' or 'test'")
+    spec = get_spec(name)
+    classes = load_classes(name, data_dir, download)
+    folder = locate(name, data_dir, download=False)
+    files = spec.train_files if split == "train" else spec.test_files
+    images, labels = [], []
+    for file_name, _ in files:
+        path = folder / file_name
+        batch = _read_file(path)
+        data, batch_labels = batch.get("data"), batch.get(spec.label_key)
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise CifarlabError(f"'{path}': 'data' is not a uint8 array of shape (N, 3072); the file is corrupt")
+        batch_labels = np.asarray(batch_labels, dtype=np.int64) if batch_labels is not None else None
+        if batch_labels is None or batch_labels.shape != (len(data),):
+            raise CifarlabError(f"'{path}': '{spec.label_key}' missing or not one label per image")
+        if batch_labels.min() < 0 or batch_labels.max() >= len(classes):
+            raise CifarlabError(f"'{path}': labels outside 0..{len(classes) - 1}; the file is corrupt")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(batch_labels)
+    return ImageSet(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)), classes)
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class FileCheck:
+    file: str
+    status: str  # "ok", "missing", "md5 mismatch"
+    md5: str | None
+
+
+def verify(name: str, data_dir: str | Path | None = None) -> tuple[Path, list[FileCheck]]:
+    """Compare every file of a dataset with the official md5s."""
+    spec = get_spec(name)
+    folder = locate(name, data_dir, download=False)
+    checks = []
+    for file_name, expected in spec.files:
+        path = folder / file_name
+        if not path.is_file():
+            checks.append(FileCheck(file_name, "missing", None))
+            continue
+        actual = md5sum(path)
+        checks.append(FileCheck(file_name, "ok" if actual == expected else "md5 mismatch", actual))
+    return folder, checks

@@ -1,0 +1,98 @@
+"""The device-resident batch loader used for training and evaluation.
+
+Hand-written rather than torchvision's DataLoader: CIFAR fits in memory (150 MB as uint8, on
+the GPU too), and a DataLoader spends its time in per-sample Python and PIL transforms, then
+copies every batch to the device. Here the whole set lives on the device once, an epoch is
+a permutation plus a table of augmentation draws, and a batch is one gather.
+(benchmarks/loader_throughput.py measures the difference.)
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from .augment import AugmentParams, crop_flip, cutout, draw_params, keyed_generator, normalize
+from .datasets import ImageSet
+
+# Stream ids mixed into the (seed, ...) keys, so each random use has its own stream.
+_EPOCH_STREAM, _FLIP_STREAM = 1, 2
+
+
+class DeviceLoader:
+    """Yields normalized float batches (x, y) on `device`.
+
+    An epoch's order and augmentation depend only on (seed, epoch): `epoch(e, start_batch=k)`
+    resumes exactly where an interrupted run left off. With world_size > 1 each rank takes
+    its slice of every global batch, so all ranks together see the same global order for any
+    world size; `batch_size` is the global batch size.
+    """
+
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        *,
+        translate: int = 0,
+        padding_mode: str = "reflect",
+        flip: str = "none",
+        cutout_size: int = 0,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        channels_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by the world size {world_size}")
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
+        self.translate, self.padding_mode, self.flip, self.cutout_size = translate, padding_mode, flip, cutout_size
+        self.channels_last, self.rank, self.world_size = channels_last, rank, world_size
+        self.mean = torch.tensor(mean, device=device)
+        self.std = torch.tensor(std, device=device)
+        n = len(self.labels)
+        self.flip_base = torch.rand(n, generator=keyed_generator(seed, _FLIP_STREAM)) < 0.5
+        self.augments = translate > 0 or flip != "none" or cutout_size > 0
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, AugmentParams | None]:
+        """The epoch's sample order and per-position augmentation draws (on the CPU)."""
+        n = len(self.labels)
+        generator = keyed_generator(self.seed, _EPOCH_STREAM, epoch)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        if not self.augments:
+            return order, None
+        params = draw_params(
+            n, self.translate, self.flip, generator, self.flip_base[order], epoch, self.images.shape[-1]
+        )
+        return order, params
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order, params = self.epoch_plan(epoch)
+        device = self.labels.device
+        order = order.to(device)
+        params = params.to(device) if params is not None else None
+        shard = self.batch_size // self.world_size
+        for b in range(start_batch, len(self)):
+            start = b * self.batch_size + self.rank * shard
+            stop = min(start + shard, (b + 1) * self.batch_size, len(order))
+            index = order[start:stop]
+            yield self.transform(self.images[index], params[start:stop] if params is not None else None), self.labels[index]
+
+    def transform(self, images: torch.Tensor, params: AugmentParams | None) -> torch.Tensor:
+        if params is not None and (self.translate > 0 or self.flip != "none"):
+            images = crop_flip(images, params, self.padding_mode)
+        x = normalize(images, self.mean, self.std)
+        if params is not None and self.cutout_size > 0:
+            x = cutout(x, params, self.cutout_size)
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
