@@ -60,9 +60,15 @@ class OptimConfig:
     milestones: list[float] = field(default_factory=list)  # `step`: epochs where lr is multiplied by gamma
     gamma: float = 0.1
     final_lr_factor: float = 0.0  # `cosine`/`linear` end at lr × this
+    per_1024: bool = False  # lr and weight_decay are per 1024 examples (scale with batch); wd decoupled from lr
+    groups: dict = field(default_factory=dict)  # per-role overrides, e.g. {head: {lr: 2.0}, filters: {optimizer: muon}}
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
-    ema_decay: float = 0.0  # exponential moving average of weights, per step; 0 = off
+    ema_decay: float = 0.0  # exponential moving average of weights for evaluation, per step; 0 = off
+    lookahead_every: int = 0  # airbench lookahead: average weights every N steps and copy back; 0 = off
+    lookahead_start_epoch: float = 3.0  # begin averaging here (early averaging slows learning)
+    lookahead_decay: float = 0.95  # per-step decay at the end of training; weaker before (× progress**power)
+    lookahead_power: float = 3.0
 
 
 @dataclass
@@ -111,7 +117,7 @@ _CHOICES = {
 _NON_NEGATIVE = (
     "data.val_size", "augment.translate", "augment.cutout", "optim.lr", "optim.momentum", "optim.weight_decay",
     "optim.warmup_epochs", "optim.gamma", "optim.final_lr_factor", "optim.grad_clip", "train.threads",
-    "train.log_every", "train.checkpoint_every",
+    "train.log_every", "train.checkpoint_every", "optim.lookahead_every", "optim.lookahead_start_epoch",
 )  # fmt: skip
 _POSITIVE = ("data.train_subset", "train.epochs", "train.batch_size", "train.eval_batch_size")
 
@@ -126,7 +132,8 @@ def validate(config: Config) -> Config:
         value = flat[key]
         if value is not None and (value < 0 or (key in _POSITIVE and value == 0)):
             raise CifarlabError(f"{key}={value} is out of range; it must be {'> 0' if key in _POSITIVE else '>= 0'}")
-    for key, limit in (("optim.label_smoothing", 1.0), ("optim.ema_decay", 1.0), ("optim.momentum", 1.0)):
+    for key, limit in (("optim.label_smoothing", 1.0), ("optim.ema_decay", 1.0), ("optim.momentum", 1.0),
+                       ("optim.lookahead_decay", 1.0)):  # fmt: skip
         if not 0 <= flat[key] < limit:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [0, {limit})")
     for key in ("data.mean", "data.std"):
@@ -142,7 +149,7 @@ def validate(config: Config) -> Config:
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in d.items():
-        if isinstance(value, dict) and key != "options":
+        if isinstance(value, dict) and key not in ("options", "groups"):
             out.update(_flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
@@ -193,22 +200,35 @@ def merge(config: Config, overrides: dict, source: str) -> Config:
                 raise CifarlabError(
                     f"{source}: unknown key '{section}.{key}'; keys are: {', '.join(field_types)}"
                 )
+            if field_types[key] is dict and isinstance(value, dict):
+                value = _merged(getattr(current, key), value)
             updates[key] = _coerce(value, field_types[key], f"{section}.{key}")
         setattr(config, section, dataclasses.replace(current, **updates))
     return config
 
 
 def parse_assignment(text: str) -> dict:
-    """'optim.lr=0.05' → {'optim': {'lr': 0.05}} (the value is read as YAML: numbers, bools, lists)."""
+    """'optim.lr=0.05' → {'optim': {'lr': 0.05}}; deeper keys reach into mapping settings:
+    'model.options.widths=[32, 64, 64]'. The value is read as YAML (numbers, bools, lists)."""
     key, sep, raw = text.partition("=")
     parts = key.strip().split(".")
-    if not sep or len(parts) != 2 or not all(parts):
+    if not sep or len(parts) < 2 or not all(parts):
         raise CifarlabError(f"--set expects section.key=value (e.g. optim.lr=0.05), got {text!r}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise CifarlabError(f"--set {text!r}: cannot read the value ({e})") from None
-    return {parts[0]: {parts[1]: value}}
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def _merged(old: dict, new: dict) -> dict:
+    """Mappings merge key by key (recursively); anything else is replaced."""
+    out = dict(old)
+    for key, value in new.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -235,27 +255,47 @@ def list_recipes() -> dict[str, str]:
     return recipes
 
 
-def load_recipe(name: str) -> Config:
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def load_recipe(name: str, device_type: str | None = None) -> Config:
+    """A named recipe; its `cpu:` / `cuda:` sections apply when training on that device type."""
     path = RECIPE_DIR / f"{name}.yaml"
     if not path.is_file():
         raise CifarlabError(f"unknown recipe '{name}'; `cifarlab recipes` lists: {', '.join(list_recipes())}")
-    config = merge(Config(), read_yaml(path), f"recipe '{name}'")
+    data = read_yaml(path)
+    per_device = {kind: data.pop(kind, None) for kind in DEVICE_TYPES}
+    config = merge(Config(), data, f"recipe '{name}'")
+    if device_type and per_device[device_type]:
+        config = merge(config, per_device[device_type], f"recipe '{name}' ({device_type} section)")
     config.recipe = name
     return config
+
+
+def device_type(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device.startswith("cuda") else "cpu"
 
 
 def resolve(
     recipe: str | None = None, config_file: str | None = None, flags: dict | None = None, sets: list[str] = ()
 ) -> Config:
-    """Build the run's config: recipe, then a YAML file, then CLI flags, then --set lines."""
-    config = load_recipe(recipe or DEFAULT_RECIPE)
-    if config_file:
-        config = merge(config, read_yaml(config_file), str(config_file))
-    if flags:
-        config = merge(config, flags, "command line")
-    for assignment in sets:
-        config = merge(config, parse_assignment(assignment), "--set")
-    return validate(config)
+    """Build the run's config: recipe (with its section for the device trained on), then a
+    YAML file, then CLI flags, then --set lines."""
+    layers = [(read_yaml(config_file), str(config_file))] if config_file else []
+    layers += [(flags, "command line")] if flags else []
+    layers += [(parse_assignment(a), "--set") for a in sets]
+
+    def build(device: str | None) -> Config:
+        config = load_recipe(recipe or DEFAULT_RECIPE, device)
+        for overrides, source in layers:
+            config = merge(config, overrides, source)
+        return config
+
+    return validate(build(device_type(build(None).train.device)))
 
 
 def from_dict(d: dict) -> Config:

@@ -68,3 +68,18 @@ def test_parse_assignment_reads_yaml_values():
     assert parse_assignment("train.compile=true") == {"train": {"compile": True}}
     assert parse_assignment("data.train_subset=null") == {"data": {"train_subset": None}}
     assert Config().train.epochs > 0
+
+
+def test_recipe_device_sections():
+    on_cpu = resolve("fast", flags={"train": {"device": "cpu"}})
+    on_gpu = resolve("fast", flags={"train": {"device": "cuda"}})
+    assert on_cpu.train.precision == "fp32" and not on_cpu.train.compile
+    assert on_gpu.train.precision == "bf16" and on_gpu.train.compile
+    assert resolve("fast", flags={"train": {"device": "cuda"}}, sets=["train.compile=false"]).train.compile is False
+
+
+def test_deep_set_merges_into_mapping_settings():
+    c = resolve("fast", sets=["model.options.whitening=false", "optim.groups.filters.lr=0.1"])
+    assert c.model.options == {"head_scale": 0.00390625, "head_init_std": 1.0, "whitening": False}
+    assert c.optim.groups["filters"] == {"optimizer": "muon", "lr": 0.1, "momentum": 0.6}
+    assert c.optim.groups["head"] == {"lr": 686.0}

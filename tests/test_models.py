@@ -20,7 +20,7 @@ def test_shapes_backward_and_head_size(name):
     out = model(x)
     assert out.shape == (2, 7)
     out.sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("name, params", PUBLISHED_PARAMS.items())
@@ -39,3 +39,17 @@ def test_unknown_model_and_bad_option():
         create_model("resnet9000")
     with pytest.raises(CifarlabError, match="bad options for model 'lenet'"):
         create_model("lenet", width=3)
+
+
+def test_airbench_whitening_decorrelates_patches():
+    torch.manual_seed(0)
+    mixing = torch.randn(3, 3)
+    images = torch.einsum("ij,njhw->nihw", mixing, torch.randn(200, 3, 32, 32))  # correlated channels
+    images = images + torch.roll(images, 1, dims=-1)  # correlated neighbours
+    model = create_model("airbench")
+    model.init_from_data(images)
+    half = model.whiten.weight[:12]
+    out = torch.nn.functional.conv2d(images, half).permute(1, 0, 2, 3).reshape(12, -1)
+    covariance = out @ out.T / out.shape[1]
+    assert torch.allclose(covariance, torch.eye(12), atol=0.05)
+    assert torch.equal(model.whiten.weight[12:], -half)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -17,20 +18,28 @@ from cifarlab.engine.metrics_log import read_metrics
 TIME_FIELDS = {"elapsed", "images_per_s"}
 
 
-def command(data_root, out):
-    sets = ["train.epochs=4", "train.batch_size=50", "train.checkpoint_every=2", "train.log_every=3",
-            "optim.lr=0.05", "optim.warmup_epochs=1", "optim.ema_decay=0.9", "optim.label_smoothing=0.1",
-            "optim.grad_clip=2.0", "augment.cutout=8"]  # fmt: skip
-    argv = [sys.executable, "-m", "cifarlab", "train", "--recipe", "resnet20", "--data-dir", str(data_root),
+SETTINGS = {
+    "resnet20-ema": ["--recipe", "resnet20", "--set", "optim.lr=0.05", "--set", "optim.warmup_epochs=1",
+                     "--set", "optim.ema_decay=0.9", "--set", "optim.label_smoothing=0.1",
+                     "--set", "optim.grad_clip=2.0", "--set", "augment.cutout=8"],
+    # the fast recipe's parts: whitening init, Muon + SGD groups, alternating flip, and lookahead
+    "fast-lookahead": ["--recipe", "fast", "--set", "optim.lookahead_every=2", "--set", "optim.lookahead_start_epoch=1",
+                       "--set", "data.val_size=50", "--set", "train.tta=flip"],
+}  # fmt: skip
+
+
+def command(data_root, out, settings="resnet20-ema"):
+    common = ["--set", "train.epochs=4", "--set", "train.batch_size=50", "--set", "train.checkpoint_every=2",
+              "--set", "train.log_every=3"]  # fmt: skip
+    return [sys.executable, "-m", "cifarlab", "train", *SETTINGS[settings], *common, "--data-dir", str(data_root),
             "--out", str(out), "--resume"]  # fmt: skip
-    return argv + [arg for s in sets for arg in ("--set", s)]
 
 
-def run_to_completion(data_root, out, interrupt_after: list[float], sig=signal.SIGKILL) -> int:
+def run_to_completion(data_root, out, interrupt_after: list[float], settings="resnet20-ema") -> int:
     """Start the run again after each interruption; returns how many interruptions hit a live run."""
     hits = 0
     for delay in interrupt_after + [None]:
-        process = subprocess.Popen(command(data_root, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(command(data_root, out, settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if delay is None:
             _, err = process.communicate(timeout=300)
             assert process.returncode == 0, err.decode()
@@ -40,7 +49,7 @@ def run_to_completion(data_root, out, interrupt_after: list[float], sig=signal.S
             assert process.returncode == 0  # it finished before the interruption: fine, nothing to resume
             return hits
         except subprocess.TimeoutExpired:
-            process.send_signal(sig)
+            process.send_signal(signal.SIGKILL)
             process.wait(timeout=120)
             hits += 1
     return hits
@@ -49,10 +58,11 @@ def run_to_completion(data_root, out, interrupt_after: list[float], sig=signal.S
 def final_state(out):
     last = out / "checkpoints" / "last"
     state = torch.load(last / "state.pt", weights_only=True)
+    raw = state["train_model"] or load_file(last / "model.safetensors")
     metrics = [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in read_metrics(out / "metrics.jsonl")]
     result = json.loads((out / "eval.json").read_text())
     result = {k: v for k, v in result.items() if not k.endswith("seconds")}
-    return load_file(last / "model.safetensors"), state["train_model"], metrics, result
+    return load_file(last / "model.safetensors"), raw, metrics, result
 
 
 def assert_identical(a, b):
@@ -63,12 +73,13 @@ def assert_identical(a, b):
     assert eval_a == eval_b
 
 
-def test_sigkill_at_random_moments_then_resume_is_bit_identical(synthetic_root, tmp_path):
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(synthetic_root, tmp_path, settings):
     """Each trial kills a run 4 times at random moments (startup, training, checkpoint writes,
     final test all included); $CIFARLAB_RESUME_TRIALS sets how many trials (default 1)."""
     reference = tmp_path / "reference"
     started = time.perf_counter()
-    run_to_completion(synthetic_root, reference, [])
+    run_to_completion(synthetic_root, reference, [], settings)
     duration = time.perf_counter() - started
     expected = final_state(reference)
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
@@ -76,7 +87,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(synthetic_root, 
     for trial in range(int(os.environ.get("CIFARLAB_RESUME_TRIALS", "1"))):
         delays = [rng.uniform(0.2, duration) for _ in range(4)]
         interrupted = tmp_path / f"interrupted-{trial}"
-        hits = run_to_completion(synthetic_root, interrupted, delays)
+        hits = run_to_completion(synthetic_root, interrupted, delays, settings)
         assert_identical(expected, final_state(interrupted))
         total_hits += hits
         print(f"trial {trial}: {hits} kills at {[round(d, 2) for d in delays]} s, bit-identical")

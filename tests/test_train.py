@@ -10,7 +10,7 @@ import cifarlab
 from cifarlab.cli import main
 from cifarlab.config import OptimConfig
 from cifarlab.engine.metrics_log import read_metrics
-from cifarlab.engine.optim import build_optimizer, lr_factor
+from cifarlab.engine.optim import build_optimizers, lr_factor
 from cifarlab.errors import CifarlabError
 from cifarlab.models import register_model
 
@@ -135,13 +135,15 @@ def test_lr_schedules():
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_weight_decay_skips_norms_and_biases(name):
     model = cifarlab.create_model("resnet20")
-    optimizer = build_optimizer(model, OptimConfig(name=name, weight_decay=1e-3))
-    decayed, plain = optimizer.param_groups
-    assert decayed["weight_decay"] == 1e-3 and plain["weight_decay"] == 0.0
-    assert all(p.ndim == 4 or p.ndim == 2 for p in decayed["params"]) and all(p.ndim == 1 for p in plain["params"])
-    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
-    every = build_optimizer(model, OptimConfig(name=name, weight_decay=1e-3, decay_norm_and_bias=True))
-    assert len(every.param_groups) == 1
+    (optimizer,) = build_optimizers(model, OptimConfig(name=name, weight_decay=1e-3), batch_size=128)
+    by_role = {g["role"]: g for g in optimizer.param_groups}
+    assert set(by_role) == {"filters", "norm", "head"}  # resnet convs have no bias; the head's bias is "head"
+    assert by_role["filters"]["weight_decay"] == by_role["head"]["weight_decay"] == 1e-3
+    assert by_role["norm"]["weight_decay"] == 0.0
+    assert all(p.ndim == 4 for p in by_role["filters"]["params"]) and all(p.ndim == 1 for p in by_role["norm"]["params"])
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    (every,) = build_optimizers(model, OptimConfig(name=name, weight_decay=1e-3, decay_norm_and_bias=True), 128)
+    assert all(g["weight_decay"] == 1e-3 for g in every.param_groups)
 
 
 def test_cli_error_paths(synthetic_root, tmp_path, capsys):
@@ -187,3 +189,17 @@ def test_cli_train_eval_predict(synthetic_root, tmp_path, capsys):
     assert len(lines) == 2 and lines[0].startswith(str(png)) and lines[0].count("%") == 2
     assert main(["predict", str(out), str(png), str(bad)]) == 2
     assert "cannot read image" in capsys.readouterr().err
+
+
+def test_gpu_settings_run_on_cpu(synthetic_root, tmp_path):
+    """The fast recipe's CUDA section (bf16 autocast, channels_last, torch.compile) exercised on
+    the CPU: it must train and give the same kind of result, not crash."""
+    config = cifarlab.resolve_config(
+        "fast",
+        flags={"train": {"device": "cuda"}} if torch.cuda.is_available() else None,
+        sets=[f"data.data_dir={synthetic_root}", f"train.out={tmp_path / 'run'}", "train.epochs=1",
+              "train.batch_size=50", "train.precision=bf16", "train.compile=true", "train.tta=flip"],
+    )  # fmt: skip
+    run = cifarlab.train(config, verbose=False)
+    assert run.test["num_images"] == 200 and 0.0 <= run.test["accuracy"] <= 1.0
+    assert math.isfinite(run.test["loss"])

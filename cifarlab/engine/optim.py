@@ -1,4 +1,5 @@
-"""Optimizers with weight-decay exclusion, and learning-rate schedules as pure functions of the step."""
+"""Optimizers over parameter groups by role, and learning-rate schedules as pure functions of
+the step (so resuming needs only the step count)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,88 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig
+from ..errors import CifarlabError
+from .muon import Muon
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+GROUP_OPTIONS = {"lr", "weight_decay", "momentum", "optimizer", "decay_epochs"}
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Decay only weight matrices and conv filters unless asked: decaying BatchNorm scales and
-    biases shrinks them toward 0 for no regularization benefit (they set scale, not capacity)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.decay_norm_and_bias:
-        return [{"params": params, "weight_decay": cfg.weight_decay}]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_roles(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters by role: `head` (the last Linear layer), `norm` (normalization
+    layers), `bias` (other vectors), `filters` (other matrices and conv kernels), plus any role
+    a model declares in a `param_roles` dict (parameter name → role, e.g. airbench's
+    'whiten.bias')."""
+    declared = getattr(model, "param_roles", {})
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    head = linears[-1] if linears else None
+    norm_names = {
+        f"{name}.{p}" for name, m in model.named_modules() if isinstance(m, _NORMS) for p, _ in m.named_parameters()
+    }
+    roles: dict[str, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name in declared:
+            role = declared[name]
+        elif head is not None and name.rpartition(".")[0] == head:
+            role = "head"
+        elif name in norm_names:
+            role = "norm"
+        else:
+            role = "bias" if param.ndim <= 1 else "filters"
+        roles.setdefault(role, []).append(param)
+    return roles
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    optimizer = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return optimizer(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+def build_optimizers(model: nn.Module, cfg: OptimConfig, batch_size: int) -> list[torch.optim.Optimizer]:
+    """One optimizer for most groups (SGD/Adam/AdamW), plus Muon for the groups that ask for it.
+
+    `cfg.groups[role]` overrides lr, weight_decay, momentum, `decay_epochs` (this group's lr
+    reaches its final value after that many epochs, e.g. airbench's whitening bias) or
+    `optimizer: muon`. With `cfg.per_1024`, lr and weight decay are per 1024 examples
+    (airbench's parametrization: both scale with the batch size, and the weight decay is the
+    fraction of the weights removed per 1024 examples at peak lr, whatever the lr); Muon's lr
+    is per step, since its update has a fixed size.
+    """
+    roles = param_roles(model)
+    unknown = set(cfg.groups) - set(roles)
+    if unknown:
+        raise CifarlabError(f"optim.groups names roles this model lacks: {sorted(unknown)}; it has {sorted(roles)}")
+    scale = batch_size / 1024 if cfg.per_1024 else 1.0
+    main, muon = [], []
+    for role, params in roles.items():
+        options = cfg.groups.get(role, {})
+        bad = set(options) - GROUP_OPTIONS
+        if bad:
+            raise CifarlabError(f"optim.groups.{role}: unknown option(s) {sorted(bad)}; allowed: {sorted(GROUP_OPTIONS)}")
+        group = {"params": params, "role": role, "decay_epochs": options.get("decay_epochs")}
+        if "momentum" in options:
+            group["momentum"] = options["momentum"]
+        if options.get("optimizer", cfg.name) == "muon":
+            group["peak_lr"] = options.get("lr", cfg.lr)
+            muon.append(group)
+            continue
+        peak = options.get("lr", cfg.lr) * scale
+        decays = role in ("filters", "head") or cfg.decay_norm_and_bias
+        decay = options.get("weight_decay", cfg.weight_decay if decays else 0.0)
+        group["peak_lr"] = peak
+        group["weight_decay"] = (decay * scale / peak if peak else 0.0) if cfg.per_1024 else decay
+        main.append(group)
+    for group in main + muon:
+        group["lr"] = group["peak_lr"]
+    optimizers = []
+    if main:
+        if cfg.name == "sgd":
+            optimizers.append(torch.optim.SGD(main, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov))
+        elif cfg.name in ("adam", "adamw"):
+            cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+            optimizers.append(cls(main, lr=cfg.lr, betas=tuple(cfg.betas)))
+        else:
+            raise CifarlabError("optim.name=muon needs a fallback for non-matrix parameters; use sgd with groups")
+    if muon:
+        optimizers.append(Muon(muon, lr=cfg.lr, momentum=cfg.momentum, nesterov=True))
+    return optimizers
 
 
 def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: OptimConfig) -> float:
@@ -45,9 +109,11 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: OptimConfi
     return 1.0
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, cfg)
-    )
+def set_learning_rates(
+    optimizers: list[torch.optim.Optimizer], step: int, total_steps: int, steps_per_epoch: int, cfg: OptimConfig
+) -> None:
+    """Set every group's lr for `step` from its peak and its own schedule length."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            total = total_steps if group["decay_epochs"] is None else round(group["decay_epochs"] * steps_per_epoch)
+            group["lr"] = group["peak_lr"] * lr_factor(step, total, steps_per_epoch, cfg)

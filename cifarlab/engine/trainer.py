@@ -9,6 +9,7 @@ run killed at any moment and resumed ends with the same weights as one that neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -22,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .. import __version__
-from ..config import Config, from_dict, read_yaml, validate
+from ..config import Config, from_dict, read_yaml, resolve, validate
 from ..data import DeviceLoader, Splits, make_splits
 from ..errors import CifarlabError
 from ..fileio import write_json, write_text
@@ -30,7 +31,8 @@ from ..models import create_model
 from .checkpoint import load_weights_into, read_state, read_weights, recover_checkpoint, save_checkpoint
 from .evaluate import format_report, metrics_from_logits, predict
 from .metrics_log import MetricsLog
-from .optim import build_optimizer, build_scheduler
+from .lookahead import Lookahead
+from .optim import build_optimizers, set_learning_rates
 from .runtime import autocast, configure, hardware, rng_state, seed_everything, select_device, set_rng_state
 
 # Settings that may differ between a run and its resumption (they do not change the result).
@@ -73,9 +75,12 @@ class _StopRequest:
 
 
 class Trainer:
-    def __init__(self, config: Config, run_dir: Path, splits: Splits, device: torch.device, verbose: bool = True):
+    def __init__(
+        self, config: Config, run_dir: Path, splits: Splits, device: torch.device, verbose: bool = True, callbacks=()
+    ):
         c = self.config = config
         self.run_dir, self.splits, self.device, self.verbose = run_dir, splits, device, verbose
+        self.callbacks = list(callbacks)  # objects with on_epoch_end(trainer), called after `last` is saved
         self.checkpoints = run_dir / "checkpoints"
 
         seed_everything(c.train.seed)
@@ -97,8 +102,13 @@ class Trainer:
 
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = c.train.epochs * self.steps_per_epoch
-        self.optimizer = build_optimizer(self.model, c.optim)
-        self.scheduler = build_scheduler(self.optimizer, c.optim, self.total_steps, self.steps_per_epoch)
+        self.optimizers = build_optimizers(self.model, c.optim, c.train.batch_size)
+        self.lookahead = (
+            Lookahead(self.model, c.optim.lookahead_every, c.optim.lookahead_decay, c.optim.lookahead_power,
+                      round(c.optim.lookahead_start_epoch * self.steps_per_epoch), self.total_steps)
+            if c.optim.lookahead_every
+            else None
+        )  # fmt: skip
         self.ema = (
             AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(c.optim.ema_decay), use_buffers=True)
             if c.optim.ema_decay
@@ -126,6 +136,8 @@ class Trainer:
         c = self.config.train
         self.clock = time.perf_counter() - self.elapsed
         self.window_clock = time.perf_counter()
+        if self.step == 0:
+            self.init_from_data()
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=None if self.verbose else True)
         self.bar = bar
         with _StopRequest() as stop, bar:
@@ -146,12 +158,15 @@ class Trainer:
         with autocast(self.device, self.config.train.precision):
             logits = self.forward(x)
             loss = self.criterion(logits.float(), y)
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.optim.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
+        set_learning_rates(self.optimizers, self.step, self.total_steps, self.steps_per_epoch, self.config.optim)
+        for optimizer in self.optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if self.lookahead is not None:
+            self.lookahead.update(self.step + 1)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         loss = loss.detach()
@@ -173,7 +188,27 @@ class Trainer:
             )
 
     def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
+        """The lr of the conv filters (of the first group if there are none)."""
+        groups = [g for optimizer in self.optimizers for g in optimizer.param_groups]
+        return next((g["lr"] for g in groups if g["role"] == "filters"), groups[0]["lr"])
+
+    def init_from_data(self) -> None:
+        """Let a model set weights from data before the first step (airbench's whitening
+        conv): it gets the first 5,000 training images, normalized, unaugmented."""
+        if hasattr(self.model, "init_from_data"):
+            images = self.train_loader.transform(self.train_loader.images[:5000], None)
+            self.model.init_from_data(images)
+
+    @contextlib.contextmanager
+    def untimed(self):
+        """Work inside this block (e.g. a benchmark's extra evaluation) is left out of `elapsed`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            paused = time.perf_counter() - start
+            self.clock += paused
+            self.window_clock += paused
 
     def log_window(self) -> None:
         self.check_finite()
@@ -198,6 +233,8 @@ class Trainer:
 
     def end_epoch(self) -> None:
         self.check_finite()
+        if self.lookahead is not None:
+            self.lookahead.sync()
         loss_sum, correct, seen = self.epoch_sums.tolist()
         record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": loss_sum / seen, "train_acc": correct / seen}
         val = None
@@ -219,6 +256,8 @@ class Trainer:
             self.best_val_accuracy = val["accuracy"]
             save_checkpoint(self.checkpoints / "best", self.eval_model.state_dict(), self.meta(val))
         self.save_last()
+        for callback in self.callbacks:
+            callback.on_epoch_end(self)
 
     # ----------------------------------------------------------- checkpoints
     def meta(self, val: dict | None = None) -> dict:
@@ -248,8 +287,8 @@ class Trainer:
             "elapsed": self.elapsed,
             "best_val_accuracy": self.best_val_accuracy,
             "metrics_offset": self.log.offset(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
+            "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
             "rng": rng_state(),
             "epoch_sums": self.epoch_sums.cpu(),
             "window_sums": self.window_sums.cpu(),
@@ -273,8 +312,10 @@ class Trainer:
             self.model.load_state_dict(state["train_model"])
         else:
             load_weights_into(self.model, weights, str(last))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"]):
+            optimizer.load_state_dict(optimizer_state)
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(state["lookahead"])
         set_rng_state(state["rng"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.elapsed, self.best_val_accuracy = state["elapsed"], state["best_val_accuracy"]
@@ -326,13 +367,13 @@ def _config_differences(saved: Config, current: Config) -> list[str]:
     return diffs
 
 
-def train(config: Config, resume: bool = False, verbose: bool = True) -> Run:
+def train(config: Config | str, resume: bool = False, verbose: bool = True, callbacks=()) -> Run:
     """Train as configured into `config.train.out` (default runs/<recipe>) and test once.
 
     With `resume`, continue the run in that folder from `checkpoints/last` (or start it if it
     holds nothing yet); the config must match the saved one.
     """
-    config = validate(config)
+    config = resolve(config) if isinstance(config, str) else validate(config)
     run_dir = Path(config.train.out or f"runs/{config.recipe or 'custom'}")
     config_path = run_dir / "config.yaml"
     if resume and config_path.is_file():
@@ -350,7 +391,7 @@ def train(config: Config, resume: bool = False, verbose: bool = True) -> Run:
     device = select_device(config.train.device)
     configure(config.train.threads, config.train.deterministic)
     splits = make_splits(config.data)
-    trainer = Trainer(config, run_dir, splits, device, verbose)
+    trainer = Trainer(config, run_dir, splits, device, verbose, callbacks)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if not config_path.is_file():

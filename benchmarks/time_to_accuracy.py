@@ -1,0 +1,176 @@
+"""Time to 90/93/94% CIFAR-10 test accuracy for a recipe over several seeds, beside a
+plain-PyTorch baseline (same net, torchvision DataLoader + transforms, plain SGD + cosine).
+Prints JSON.
+
+    python benchmarks/time_to_accuracy.py --recipe fast90 --seeds 0 1 2 --probe --baseline-epochs 10
+
+Times are wall-clock seconds on this machine: `train_seconds` runs from the first step (the
+whitening init included) to the end of the last epoch; `eval_seconds` is the one final test
+evaluation with the recipe's TTA; their sum is the headline. The final accuracy comes from
+the honest path (eval.json: fixed budget, test evaluated once). With --probe the test set is
+also evaluated after every epoch, off the clock and without influencing training, to find
+when each threshold was first crossed (time = training time so far + that evaluation).
+--results FILE appends every finished seed as a JSON line and summarizes all lines of the
+same recipe, so seeds can be run in separate sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+import cifarlab
+from cifarlab.data import DeviceLoader, get_spec, load_split, locate
+from cifarlab.engine.evaluate import predict
+from cifarlab.engine.runtime import autocast, hardware
+
+THRESHOLDS = (0.90, 0.93, 0.94)
+
+
+class TestProbe:
+    """After each epoch, off the clock: test accuracy with the run's TTA."""
+
+    def __init__(self):
+        self.points: list[dict] = []
+
+    def on_epoch_end(self, trainer) -> None:
+        with trainer.untimed():
+            start = time.perf_counter()
+            tta = trainer.config.train.tta
+            logits, labels = predict(trainer.eval_model, trainer.test_loader, tta, autocast(trainer.device, trainer.config.train.precision))
+            accuracy = (logits.argmax(1) == labels).double().mean().item()
+            self.points.append({"epoch": trainer.epoch, "train_seconds": trainer.elapsed,
+                                "eval_seconds": time.perf_counter() - start, "accuracy": accuracy})  # fmt: skip
+
+
+def times_to_thresholds(points: list[dict]) -> dict:
+    out = {}
+    for threshold in THRESHOLDS:
+        hit = next((p for p in points if p["accuracy"] >= threshold), None)
+        out[f"{threshold:.0%}"] = round(hit["train_seconds"] + hit["eval_seconds"], 1) if hit else None
+    return out
+
+
+def run_recipe(recipe: str, seed: int, data_dir: str | None, sets: list[str], probe: bool, out: Path) -> dict:
+    config = cifarlab.resolve_config(
+        recipe, flags={"train": {"seed": seed, "out": str(out)}, "data": {"data_dir": data_dir}}, sets=sets
+    )
+    probe_callback = TestProbe()
+    run = cifarlab.train(config, callbacks=[probe_callback] if probe else [], verbose=False)
+    final = {"epoch": config.train.epochs, "train_seconds": run.test["train_seconds"],
+             "eval_seconds": run.test["eval_seconds"], "accuracy": run.test["accuracy"]}  # fmt: skip
+    points = probe_callback.points[:-1] + [final] if probe else [final]
+    return {
+        "recipe": recipe, "seed": seed, "sets": sets, "final_accuracy": run.test["accuracy"],
+        "train_seconds": round(final["train_seconds"], 1), "eval_seconds": round(final["eval_seconds"], 1),
+        "total_seconds": round(final["train_seconds"] + final["eval_seconds"], 1), "tta": config.train.tta,
+        "time_to": times_to_thresholds(points), "probes": points if probe else None,
+    }  # fmt: skip
+
+
+def run_baseline(config: cifarlab.Config, seed: int, epochs: int, batch_size: int, lr: float, data_dir) -> dict:
+    """What a plain PyTorch script does with the same net: torchvision transforms in a
+    DataLoader (2 workers), one SGD group (Nesterov 0.9, wd 5e-4), cosine, mean loss, no TTA.
+    The net keeps its own initialization (whitening filters included)."""
+    torch.manual_seed(seed)
+    spec = get_spec("cifar10")
+    model = cifarlab.create_model(config.model.name, **config.model.options).to(memory_format=torch.channels_last)
+    train_set = load_split("cifar10", "train", data_dir)
+    test_loader = DeviceLoader(load_split("cifar10", "test", data_dir), 1000, spec.mean, spec.std)
+    pipeline = transforms.Compose([
+        transforms.RandomCrop(32, padding=4, padding_mode="reflect"), transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std),
+    ])  # fmt: skip
+    root = locate("cifar10", data_dir, download=False).parent
+    dataset = torchvision.datasets.CIFAR10(root, train=True, transform=pipeline, download=False)
+    loader = DataLoader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=2, persistent_workers=True)
+    start = time.perf_counter()
+    if hasattr(model, "init_from_data"):
+        images = DeviceLoader(train_set, 5000, spec.mean, spec.std).transform(train_set.images[:5000], None)
+        model.init_from_data(images)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
+    points, paused = [], 0.0
+    for epoch in range(epochs):
+        model.train()
+        for x, y in loader:
+            loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        train_seconds = time.perf_counter() - start - paused
+        probe_start = time.perf_counter()
+        logits, labels = predict(model, test_loader)
+        eval_seconds = time.perf_counter() - probe_start
+        paused += eval_seconds
+        points.append({"epoch": epoch + 1, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                       "accuracy": (logits.argmax(1) == labels).double().mean().item()})  # fmt: skip
+    return {"seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "final_accuracy": points[-1]["accuracy"],
+            "time_to": times_to_thresholds(points), "probes": points}  # fmt: skip
+
+
+def summarize(results: list[dict]) -> dict:
+    accuracies = [r["final_accuracy"] for r in results]
+    totals = [r["total_seconds"] for r in results]
+    spread = lambda xs: round(statistics.stdev(xs), 5) if len(xs) > 1 else None  # noqa: E731
+    return {
+        "seeds": [r["seed"] for r in results],
+        "final_accuracy_mean": round(statistics.mean(accuracies), 5), "final_accuracy_std": spread(accuracies),
+        "total_seconds_mean": round(statistics.mean(totals), 1), "total_seconds_std": spread(totals),
+        "time_to_94%_all_seeds": [r["time_to"]["94%"] for r in results],
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", default="fast")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--data-dir")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--probe", action="store_true", help="evaluate test after every epoch, off the clock")
+    parser.add_argument("--baseline-epochs", type=int, default=0, help="also run the plain baseline (0 = skip)")
+    parser.add_argument("--baseline-batch-size", type=int, default=512)
+    parser.add_argument("--baseline-lr", type=float, default=0.05)
+    parser.add_argument("--results", help="JSON-lines file: append each seed, summarize all lines of the recipe")
+    args = parser.parse_args()
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="cifarlab-bench-") as tmp:
+        for seed in args.seeds:
+            result = run_recipe(args.recipe, seed, args.data_dir, args.set, args.probe, Path(tmp) / f"seed{seed}")
+            results.append(result)
+            if args.results:
+                with open(args.results, "a") as f:
+                    f.write(json.dumps({**result, "hardware": hardware()}) + "\n")
+    if args.results:
+        lines = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
+        results = [r for r in lines if r.get("recipe") == args.recipe and r.get("sets") == args.set]
+    report = {"benchmark": "time_to_accuracy", "hardware": hardware(), "recipe": args.recipe, "runs": results,
+              "summary": summarize(results)}  # fmt: skip
+    if args.baseline_epochs:
+        config = cifarlab.resolve_config(args.recipe, sets=args.set)
+        baseline = run_baseline(config, args.seeds[0], args.baseline_epochs, args.baseline_batch_size,
+                                args.baseline_lr, args.data_dir)  # fmt: skip
+        report["baseline"] = baseline
+        ratios = {}
+        for key, fast_time in results[0]["time_to"].items():
+            base_time = baseline["time_to"][key]
+            ratios[key] = round(base_time / fast_time, 2) if base_time and fast_time else None
+        report["baseline_time_over_recipe_time"] = ratios
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
