@@ -18,7 +18,7 @@ from .errors import CifarlabError
 from .models import list_models
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-DEFAULT_RECIPE = "resnet20"
+DEFAULT_RECIPE = "fast"
 
 
 @dataclass
@@ -264,8 +264,10 @@ def load_recipe(name: str, device_type: str | None = None) -> Config:
     if not path.is_file():
         raise CifarlabError(f"unknown recipe '{name}'; `cifarlab recipes` lists: {', '.join(list_recipes())}")
     data = read_yaml(path)
+    base = data.pop("base", None)  # a recipe may start from another one and change a few keys
     per_device = {kind: data.pop(kind, None) for kind in DEVICE_TYPES}
-    config = merge(Config(), data, f"recipe '{name}'")
+    config = load_recipe(base, device_type) if base else Config()
+    config = merge(config, data, f"recipe '{name}'")
     if device_type and per_device[device_type]:
         config = merge(config, per_device[device_type], f"recipe '{name}' ({device_type} section)")
     config.recipe = name
