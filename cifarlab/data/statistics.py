@@ -40,4 +40,5 @@ def split_statistics(data: ImageSet, name: str, chunk: int = 5000) -> SplitStati
     mean = total / n
     std = ((squares - n * mean * mean) / (n - 1)).clamp(min=0).sqrt()
     counts = data.labels.bincount(minlength=len(data.classes)).tolist()
-    return SplitStatistics(name, len(data), tuple(data.images.shape[1:]), counts, tuple(mean.tolist()), tuple(std.tolist()))
+    shape = tuple(data.images.shape[1:])
+    return SplitStatistics(name, len(data), shape, counts, tuple(mean.tolist()), tuple(std.tolist()))

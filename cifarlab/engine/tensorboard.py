@@ -7,6 +7,8 @@ only, draws no random numbers and works off the clock, so a run trains the same 
 
 from __future__ import annotations
 
+from torchvision.utils import make_grid
+
 from ..viz.layers import first_layer_filters
 from .runtime import is_writer
 
@@ -57,6 +59,7 @@ class TensorBoardLogger:
             return
         with trainer.untimed():
             filters = first_layer_filters(trainer.eval_model)
-            if filters is not None:
-                self.writer.add_images("model/first_layer_filters", filters[:64], trainer.step)
+            if filters is not None:  # one grid, enlarged 8× without smoothing: a filter is a few pixels
+                grid = make_grid(filters[:64], nrow=16, padding=1, pad_value=1.0).repeat_interleave(8, 1)
+                self.writer.add_image("model/first_layer_filters", grid.repeat_interleave(8, 2), trainer.step)
             self.writer.flush()

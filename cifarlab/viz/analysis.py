@@ -45,7 +45,11 @@ def predict_test_split(checkpoint: Checkpoint, config: Config, device: torch.dev
     model, precision, tta = checkpoint.model, autocast(device, config.train.precision), config.train.tta
     head = classifier_layer(model)
     features: list[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda m, inputs, out: features.append(inputs[0].float().flatten(1).cpu())) if head else None
+
+    def keep_input(module, inputs, output):
+        features.append(inputs[0].float().flatten(1).cpu())
+
+    hook = head.register_forward_hook(keep_input) if head is not None else None
     try:
         logits, labels = predict(model, loader, "none", precision)
     finally:
@@ -94,10 +98,10 @@ def most_confused_pairs(confusion: list[list[int]], classes: list[str], top: int
 
 
 def one_per_class(labels: torch.Tensor, count: int) -> torch.Tensor:
-    """The first image of `count` classes spread evenly over the class list: a fixed set that
-    does not depend on the model."""
-    k = int(labels.max()) + 1
-    chosen = torch.linspace(0, k - 1, min(count, k)).round().long()
+    """The first image of `count` classes spread evenly over the classes present: a fixed set
+    that does not depend on the model."""
+    present = labels.unique()
+    chosen = present[torch.linspace(0, len(present) - 1, min(count, len(present))).round().long()]
     return torch.stack([(labels == c).nonzero()[0, 0] for c in chosen.tolist()])
 
 

@@ -20,7 +20,8 @@ class DatasetOverview:
     statistics: list[SplitStatistics]  # train, test
 
 
-def show_dataset(name: str = "cifar10", data_dir: str | Path | None = None, out: str | Path | None = None) -> DatasetOverview:
+def show_dataset(name: str = "cifar10", data_dir: str | Path | None = None, out: str | Path | None = None
+                 ) -> DatasetOverview:  # fmt: skip
     """Write a PNG of sample images per class beside the counts and per-channel statistics
     (default file: <dataset>_overview.png in the current folder)."""
     path = Path(out or f"{name}_overview.png")

@@ -49,4 +49,5 @@ def cell(text) -> str:
 
 
 def card(label: str, key: str, value, shown: str) -> str:
-    return f'<div class="card"><div class="label">{escape(label)}</div>{number(key, value, shown, tag="div", css="value")}</div>'
+    shown = number(key, value, shown, tag="div", css="value")
+    return f'<div class="card"><div class="label">{escape(label)}</div>{shown}</div>'

@@ -134,7 +134,8 @@ def _cards(result: dict, cal: analysis.Calibration) -> str:
              page.card("test loss", "loss", result["loss"], f"{result['loss']:.4f}"),
              page.card("macro F1", "macro_f1", result["macro_f1"], f"{result['macro_f1']:.4f}")]  # fmt: skip
     if "top5_accuracy" in result:
-        cards.append(page.card("top-5 accuracy", "top5_accuracy", result["top5_accuracy"], _percent(result["top5_accuracy"])))
+        top5 = result["top5_accuracy"]
+        cards.append(page.card("top-5 accuracy", "top5_accuracy", top5, _percent(top5)))
     if result.get("val_accuracy") is not None:
         cards.append(page.card("best validation accuracy", "val_accuracy", result["val_accuracy"],
                                _percent(result["val_accuracy"])))  # fmt: skip
@@ -259,7 +260,7 @@ def _run_table(result: dict, checkpoint: Checkpoint, config: Config, run_dir: Pa
          page.number("eval_seconds", result["eval_seconds"], f"{result['eval_seconds']:,.2f}", css="")],
         [page.cell("device"), page.cell(result.get("device", "?"))],
         [page.cell("hardware"), page.cell(", ".join(f"{k} {v}" for k, v in hardware.items()))],
-        [page.cell("checkpoint"), page.cell(f"{result['checkpoint']} (test-time augmentation: {result.get('tta', 'none')})")],
+        [page.cell("checkpoint"), page.cell(f"{result['checkpoint']} (test-time augmentation: {result.get('tta')})")],
         [page.cell("versions"), page.cell(", ".join(f"{k} {v}" for k, v in checkpoint.meta.get("versions", {}).items()))],
         [page.cell("run directory"), page.cell(run_dir.resolve())],
     ]
