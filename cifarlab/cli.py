@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     for name, text in (("info", "where the data is and what it holds"), ("verify", "compare files with the official md5s")):
         _add_data_location(data_commands.add_parser(name, help=text))
+    show = data_commands.add_parser("show", help="sample images per class and statistics, saved as a PNG")
+    _add_data_location(show)
+    show.add_argument("--out", metavar="FILE.png", help="where to save the picture (default: <dataset>_overview.png)")
     download = data_commands.add_parser("download", help="download the official archive (md5-checked)")
     _add_data_location(download)
     download.add_argument("--url", help="a mirror of the official archive (still md5-checked)")
@@ -47,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory (default: runs/<recipe>)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. optim.wd=0")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--tensorboard", action="store_true", help="log live to RUN_DIR/tensorboard (train.tensorboard)")
+    train.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (train.report=false)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
     evaluate = commands.add_parser("eval", help="evaluate a run or checkpoint on val or test")
@@ -65,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--device", default="auto")
+
+    report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, errors, Grad-CAM, calibration")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
+    report.add_argument("--device", default="auto")
+
+    compare = commands.add_parser("compare", help="overlay runs' curves and tabulate their final metrics (HTML + PNG)")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--out", default="compare.html", metavar="FILE.html", help="default: compare.html")
     return parser
 
 
@@ -85,17 +99,26 @@ def _data(args) -> None:
                 f"{len(bad)} file(s) differ from the official release: {', '.join(bad)}. If this is not a "
                 f"deliberate subset, delete '{folder}' and run `cifarlab data download`."
             )
+    elif args.data_command == "show":
+        from .viz.dataset import show_dataset
+
+        overview = show_dataset(args.dataset, args.data_dir, args.out)
+        print(f"{args.dataset}: {locate(args.dataset, args.data_dir, download=False)}")
+        for stats in overview.statistics:
+            print(f"  {stats.summary(overview.classes)}")
+        width = max(len(name) for name in overview.classes)
+        print(f"  {'class':<{width}} " + " ".join(f"{s.name:>7}" for s in overview.statistics))
+        for i, name in enumerate(overview.classes):
+            print(f"  {name:<{width}} " + " ".join(f"{s.class_counts[i]:>7}" for s in overview.statistics))
+        print(f"saved: {overview.path}")
     else:
+        from .data.statistics import split_statistics
+
         folder = locate(args.dataset, args.data_dir, download=False)
         print(f"{args.dataset}: {folder}")
         for split in ("train", "test"):
             data = datasets.load_split(args.dataset, split, args.data_dir, download=False)
-            images = data.images.double() / 255
-            counts = data.labels.bincount(minlength=len(data.classes)).tolist()
-            mean = ", ".join(f"{v:.4f}" for v in images.mean((0, 2, 3)).tolist())
-            std = ", ".join(f"{v:.4f}" for v in images.std((0, 2, 3)).tolist())
-            print(f"  {split}: {len(data)} images {tuple(data.images.shape[1:])} uint8, {len(data.classes)} classes, "
-                  f"per class {min(counts)}..{max(counts)}; mean ({mean}) std ({std})")  # fmt: skip
+            print(f"  {split_statistics(data, split).summary(data.classes)}")
         print(f"  classes: {', '.join(data.classes)}")
 
 
@@ -123,7 +146,7 @@ def _train(args) -> None:
     flags = {
         "model": {"name": args.model},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
-                  "out": args.out},
+                  "out": args.out, "tensorboard": args.tensorboard or None, "report": False if args.no_report else None},
         "optim": {"lr": args.lr},
         "data": {"train_subset": args.train_subset, "dataset": args.dataset, "data_dir": args.data_dir},
     }  # fmt: skip
@@ -156,6 +179,19 @@ def _predict(args) -> None:
         print(f"{path}: " + ", ".join(f"{name} {p:.1%}" for name, p in top))
 
 
+def _report(args) -> None:
+    from .viz.report import write_report
+
+    print(f"report: {write_report(args.run_dir, data_dir=args.data_dir, device=args.device)}")
+
+
+def _compare(args) -> None:
+    from .viz.compare import compare_runs
+
+    path = compare_runs(args.run_dirs, args.out)
+    print(f"comparison: {path} (curves: {path.with_suffix('.png')})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -171,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
             _eval(args)
         elif args.command == "predict":
             _predict(args)
+        elif args.command == "report":
+            _report(args)
+        elif args.command == "compare":
+            _compare(args)
     except CifarlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

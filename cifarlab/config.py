@@ -87,6 +87,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch `last` checkpoints; 0 = at epoch ends only
     tta: str = "none"  # final test evaluation: none | flip | flip-translate
     out: str | None = None  # run directory; None = runs/<recipe>
+    tensorboard: bool = False  # log scalars and a few images live to <out>/tensorboard (`tensorboard --logdir runs`)
+    report: bool = True  # write <out>/report.html after the final test (`cifarlab report` writes it later)
 
 
 @dataclass

@@ -22,15 +22,16 @@ SETTINGS = {
     "resnet20-ema": ["--recipe", "resnet20", "--set", "optim.lr=0.05", "--set", "optim.warmup_epochs=1",
                      "--set", "optim.ema_decay=0.9", "--set", "optim.label_smoothing=0.1",
                      "--set", "optim.grad_clip=2.0", "--set", "augment.cutout=8"],
-    # the fast recipe's parts: whitening init, Muon + SGD groups, alternating flip, and lookahead
+    # the fast recipe's parts: whitening init, Muon + SGD groups, alternating flip, and lookahead; with TensorBoard
+    # logging on, which must not change a bit
     "fast-lookahead": ["--recipe", "fast", "--set", "optim.lookahead_every=2", "--set", "optim.lookahead_start_epoch=1",
-                       "--set", "data.val_size=50", "--set", "train.tta=flip"],
+                       "--set", "data.val_size=50", "--set", "train.tta=flip", "--tensorboard"],
 }  # fmt: skip
 
 
 def command(data_root, out, settings="resnet20-ema"):
     common = ["--set", "train.epochs=4", "--set", "train.batch_size=50", "--set", "train.checkpoint_every=2",
-              "--set", "train.log_every=3"]  # fmt: skip
+              "--set", "train.log_every=3", "--no-report"]  # fmt: skip
     return [sys.executable, "-m", "cifarlab", "train", *SETTINGS[settings], *common, "--data-dir", str(data_root),
             "--out", str(out), "--resume"]  # fmt: skip
 

@@ -8,10 +8,10 @@ import torch
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..config import from_dict
+from ..config import Config, from_dict
 from ..data import DeviceLoader, ImageSet, make_splits
 from ..errors import CifarlabError
-from .checkpoint import load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint
 from .evaluate import metrics_from_logits, predict
 from .runtime import autocast, select_device
 
@@ -37,11 +37,7 @@ def evaluate(
     data = splits.val if split == "val" else splits.test
     if data is None:
         raise CifarlabError("this run was trained with data.val_size=0: it has no validation split")
-    loader = DeviceLoader(
-        data, config.train.eval_batch_size, checkpoint.mean, checkpoint.std, device=dev,
-        channels_last=config.train.channels_last,
-    )  # fmt: skip
-    checkpoint.model.to(memory_format=torch.channels_last if config.train.channels_last else torch.contiguous_format)
+    loader = checkpoint_loader(checkpoint, config, data, dev)
     logits, labels = predict(checkpoint.model, loader, tta, autocast(dev, config.train.precision))
     return {
         "split": split,
@@ -49,6 +45,15 @@ def evaluate(
         "tta": tta,
         **metrics_from_logits(logits, labels, checkpoint.classes),
     }
+
+
+def checkpoint_loader(checkpoint: Checkpoint, config: Config, data: ImageSet, device: torch.device) -> DeviceLoader:
+    """Feed `data` to the checkpoint's model as its run's final test did: same normalization,
+    batch size and memory format (the model is put in that format too), so the logits repeat."""
+    channels_last = config.train.channels_last
+    checkpoint.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return DeviceLoader(data, config.train.eval_batch_size, checkpoint.mean, checkpoint.std, device=device,
+                        channels_last=channels_last)  # fmt: skip
 
 
 def read_image(path: str | Path, size: int = 32) -> torch.Tensor:
