@@ -16,11 +16,11 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 GROUP_OPTIONS = {"lr", "weight_decay", "momentum", "optimizer", "decay_epochs"}
 
 
-def param_roles(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+def param_roles(model: nn.Module, trainable_only: bool = True) -> dict[str, list[nn.Parameter]]:
     """Trainable parameters by role: `head` (the last Linear layer), `norm` (normalization
     layers), `bias` (other vectors), `filters` (other matrices and conv kernels), plus any role
     a model declares in a `param_roles` dict (parameter name → role, e.g. airbench's
-    'whiten.bias')."""
+    'whiten.bias'). With `trainable_only=False`, frozen parameters too."""
     declared = getattr(model, "param_roles", {})
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     head = linears[-1] if linears else None
@@ -29,7 +29,7 @@ def param_roles(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     }
     roles: dict[str, list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
+        if trainable_only and not param.requires_grad:
             continue
         if name in declared:
             role = declared[name]
@@ -59,9 +59,10 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig, batch_size: int) -> lis
     included, and `start_epoch` holds the group until then (see set_learning_rates).
     """
     roles = param_roles(model)
-    unknown = set(cfg.groups) - set(roles)
+    known = param_roles(model, trainable_only=False)  # a role may be all frozen (a linear probe's filters)
+    unknown = set(cfg.groups) - set(known)
     if unknown:
-        raise CifarlabError(f"optim.groups names roles this model lacks: {sorted(unknown)}; it has {sorted(roles)}")
+        raise CifarlabError(f"optim.groups names roles this model lacks: {sorted(unknown)}; it has {sorted(known)}")
     scale = batch_size / 1024 if cfg.per_1024 else 1.0
     names = {id(p): name for name, p in model.named_parameters()}
     declared = getattr(model, "param_options", {})
