@@ -15,6 +15,24 @@ def _add_data_location(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | cifar100-coarse (default: cifar10)")
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that makes a run (train, finetune)."""
+    p.add_argument("--recipe", help="named recipe (see `cifarlab recipes`; default: the command's default recipe)")
+    p.add_argument("--config", help="YAML file of settings applied over the recipe")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", help="run directory (default: runs/<recipe>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. optim.wd=0")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--tensorboard", action="store_true", help="log live to RUN_DIR/tensorboard (train.tensorboard)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (train.report=false)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifarlab", description=__doc__.split(":")[0])
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
@@ -36,23 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("recipes", help="named training recipes and what they reach")
 
     train = commands.add_parser("train", help="train a model and test it once at the end")
-    train.add_argument("--recipe", help="named recipe (see `cifarlab recipes`; default: the default recipe)")
-    train.add_argument("--config", help="YAML file of settings applied over the recipe")
+    _add_run_options(train)
     train.add_argument("--model", help="model name (see `cifarlab models`)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float, help="peak learning rate")
-    train.add_argument("--seed", type=int)
     train.add_argument("--train-subset", type=int, metavar="N", help="train on a stratified subset of N images")
-    train.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    train.add_argument("--dataset", help="cifar10 | cifar100 | cifar100-coarse")
-    train.add_argument("--data-dir")
-    train.add_argument("--out", help="run directory (default: runs/<recipe>)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. optim.wd=0")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    train.add_argument("--tensorboard", action="store_true", help="log live to RUN_DIR/tensorboard (train.tensorboard)")
-    train.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (train.report=false)")
-    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--dataset", help="cifar10 | cifar100 | cifar100-coarse, a class subset (cifar10:cat,dog), folder:PATH")
+
+    finetune = commands.add_parser("finetune", help="adapt a pretrained model to a new task, then test it once")
+    _add_run_options(finetune)
+    finetune.add_argument("--from", dest="source", required=True, metavar="SOURCE",
+                          help="a run or checkpoint, torchvision:<model>[:<weights>], timm:<name>, or a weights file with --arch")  # fmt: skip
+    finetune.add_argument("--data", dest="target", required=True, metavar="TARGET",
+                          help="cifar10 | cifar100 | cifar100-coarse, a class subset (cifar10:cat,dog), folder:PATH")  # fmt: skip
+    finetune.add_argument("--strategy", choices=["linear", "full", "gradual"],
+                          help="linear: train the new head only; full: everything (layer-wise lr decay); gradual: unfreeze from the top")  # fmt: skip
+    finetune.add_argument("--labels-per-class", type=int, metavar="N", help="train on N labelled images per class")
+    finetune.add_argument("--arch", help="architecture of a weights-file source (`cifarlab models`, torchvision:<model>, timm:<name>)")
+    finetune.add_argument("--input-size", type=int, metavar="PX", help="torchvision/timm nets: upsample images to PX×PX")
+    finetune.add_argument("--cifar-stem", action="store_true", default=None,
+                          help="torchvision ResNets: fresh 3×3 stride-1 stem, no max-pool (for 32×32 inputs)")  # fmt: skip
 
     evaluate = commands.add_parser("eval", help="evaluate a run or checkpoint on val or test")
     evaluate.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
@@ -130,6 +149,7 @@ def _models() -> None:
         stats = model_stats(create_model(name))
         print(f"{name:<12} {stats.params:>11,} {stats.mflops:>9.1f}  {describe_model(name)}")
     print("MFLOPs: forward pass of one 32×32 image, counted by torch.utils.flop_counter (multiply-add = 2).")
+    print("Also: torchvision:<name> and timm:<name> (if installed) build those libraries' nets, e.g. for `cifarlab finetune`.")
 
 
 def _recipes() -> None:
@@ -139,23 +159,46 @@ def _recipes() -> None:
         print(f"{name}{' (default)' if name == DEFAULT_RECIPE else ''}\n    {description}")
 
 
-def _train(args) -> None:
-    from .config import resolve
-    from .engine import train
-
+def _run_flags(args, **sections) -> dict:
+    """The flags a run command was given, as config sections (unset flags left out)."""
     flags = {
-        "model": {"name": args.model},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
                   "out": args.out, "tensorboard": args.tensorboard or None, "report": False if args.no_report else None},
         "optim": {"lr": args.lr},
-        "data": {"train_subset": args.train_subset, "dataset": args.dataset, "data_dir": args.data_dir},
+        "data": {"data_dir": args.data_dir},
     }  # fmt: skip
-    flags = {section: {k: v for k, v in values.items() if v is not None} for section, values in flags.items()}
-    config = resolve(args.recipe, args.config, flags, args.set)
+    for section, values in sections.items():
+        flags[section] = {**flags.get(section, {}), **values}
+    return {section: {k: v for k, v in values.items() if v is not None} for section, values in flags.items()}
+
+
+def _start(config, args) -> None:
+    from .engine import train
+
     if args.print_config:
         print(config.to_yaml(), end="")
         return
     train(config, resume=args.resume)
+
+
+def _train(args) -> None:
+    from .config import resolve
+
+    flags = _run_flags(args, model={"name": args.model},
+                       data={"train_subset": args.train_subset, "dataset": args.dataset})  # fmt: skip
+    _start(resolve(args.recipe, args.config, flags, args.set), args)
+
+
+def _finetune(args) -> None:
+    from .transfer import finetune_config
+
+    flags = _run_flags(
+        args,
+        finetune={"source": args.source, "strategy": args.strategy, "arch": args.arch, "input_size": args.input_size,
+                  "cifar_stem": args.cifar_stem},
+        data={"dataset": args.target, "labels_per_class": args.labels_per_class},
+    )  # fmt: skip
+    _start(finetune_config(flags, args.recipe, args.config, args.set), args)
 
 
 def _eval(args) -> None:
@@ -203,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             _recipes()
         elif args.command == "train":
             _train(args)
+        elif args.command == "finetune":
+            _finetune(args)
         elif args.command == "eval":
             _eval(args)
         elif args.command == "predict":

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from .datasets import ImageSet
+from .datasets import ImageSet, channel_stats
 
 
 @dataclass
@@ -28,17 +26,7 @@ class SplitStatistics:
         )
 
 
-def split_statistics(data: ImageSet, name: str, chunk: int = 5000) -> SplitStatistics:
-    """Sums in float64 over chunks, so the 50,000 training images never exist as one float copy (1.2 GB)."""
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
-    for images in data.images.split(chunk):
-        x = images.double() / 255
-        total += x.sum((0, 2, 3))
-        squares += (x * x).sum((0, 2, 3))
-    n = data.images[:, 0].numel()
-    mean = total / n
-    std = ((squares - n * mean * mean) / (n - 1)).clamp(min=0).sqrt()
+def split_statistics(data: ImageSet, name: str) -> SplitStatistics:
+    mean, std = channel_stats(data.images)
     counts = data.labels.bincount(minlength=len(data.classes)).tolist()
-    shape = tuple(data.images.shape[1:])
-    return SplitStatistics(name, len(data), shape, counts, tuple(mean.tolist()), tuple(std.tolist()))
+    return SplitStatistics(name, len(data), tuple(data.images.shape[1:]), counts, mean, std)

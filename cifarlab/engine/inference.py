@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ..config import Config, from_dict
-from ..data import DeviceLoader, ImageSet, make_splits
+from ..data import DeviceLoader, ImageSet, make_splits, read_image
 from ..errors import CifarlabError
 from .checkpoint import Checkpoint, load_checkpoint
 from .evaluate import metrics_from_logits, predict
@@ -56,23 +54,13 @@ def checkpoint_loader(checkpoint: Checkpoint, config: Config, data: ImageSet, de
                         channels_last=channels_last)  # fmt: skip
 
 
-def read_image(path: str | Path, size: int = 32) -> torch.Tensor:
-    """Any image Pillow reads, as uint8 (3, size, size): RGB, resized with antialiasing."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-    except FileNotFoundError:
-        raise CifarlabError(f"image '{path}' does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise CifarlabError(f"cannot read image '{path}': {e}") from None
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-
-
 def classify_images(source: str | Path, paths: list[str | Path], top_k: int = 5, device: str = "auto") -> list[list[tuple[str, float]]]:
-    """Top-k (class, probability) for each image file, with the checkpoint's normalization."""
-    images = torch.stack([read_image(p) for p in paths])  # read all first: a bad file fails fast
+    """Top-k (class, probability) for each image file, read as the checkpoint's training images
+    were (size, normalization)."""
     dev = select_device(device)
     checkpoint = load_checkpoint(source, dev)
+    size = from_dict(checkpoint.meta["config"]).data.image_size
+    images = torch.stack([read_image(p, size) for p in paths])
     data = ImageSet(images, torch.zeros(len(images), dtype=torch.long), checkpoint.classes)
     loader = DeviceLoader(data, 256, checkpoint.mean, checkpoint.std, device=dev, channels_last=False)
     logits, _ = predict(checkpoint.model, loader)

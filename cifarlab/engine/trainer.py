@@ -27,7 +27,7 @@ from ..config import Config, from_dict, read_yaml, resolve, validate
 from ..data import DeviceLoader, Splits, make_splits
 from ..errors import CifarlabError
 from ..fileio import write_json, write_text
-from ..models import create_model
+from ..transfer import build_model, with_source
 from .checkpoint import load_weights_into, read_state, read_weights, recover_checkpoint, save_checkpoint
 from .evaluate import format_report, metrics_from_logits, predict
 from .metrics_log import MetricsLog
@@ -87,7 +87,7 @@ class Trainer:
         self.checkpoints = run_dir / "checkpoints"
 
         seed_everything(c.train.seed)
-        model = create_model(c.model.name, num_classes=len(splits.classes), **c.model.options)
+        model = build_model(c, num_classes=len(splits.classes))
         memory_format = torch.channels_last if c.train.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=memory_format)
         loader_args = dict(mean=splits.mean, std=splits.std, device=device, channels_last=c.train.channels_last)
@@ -139,7 +139,7 @@ class Trainer:
         c = self.config.train
         self.clock = time.perf_counter() - self.elapsed
         self.window_clock = time.perf_counter()
-        if self.step == 0:
+        if self.step == 0 and self.config.finetune.source is None:  # a fine-tuned net has its weights
             self.init_from_data()
         self.notify("on_fit_start")
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=None if self.verbose else True)
@@ -163,9 +163,9 @@ class Trainer:
             logits = self.forward(x)
             loss = self.criterion(logits.float(), y)
         loss.backward()
+        set_learning_rates(self.optimizers, self.step, self.total_steps, self.steps_per_epoch, self.config.optim)
         if self.config.optim.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
-        set_learning_rates(self.optimizers, self.step, self.total_steps, self.steps_per_epoch, self.config.optim)
         for optimizer in self.optimizers:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -192,9 +192,9 @@ class Trainer:
             )
 
     def lr(self) -> float:
-        """The lr of the conv filters (of the first group if there are none)."""
+        """The highest lr of the conv filters (of the first group if there are none)."""
         groups = [g for optimizer in self.optimizers for g in optimizer.param_groups]
-        return next((g["lr"] for g in groups if g["role"] == "filters"), groups[0]["lr"])
+        return max((g["lr"] for g in groups if g["role"] == "filters"), default=groups[0]["lr"])
 
     def init_from_data(self) -> None:
         """Let a model set weights from data before the first step (airbench's whitening
@@ -386,6 +386,8 @@ def train(config: Config | str, resume: bool = False, verbose: bool = True, call
     holds nothing yet); the config must match the saved one.
     """
     config = resolve(config) if isinstance(config, str) else validate(config)
+    if config.finetune.source is not None:
+        config = with_source(config)
     run_dir = Path(config.train.out or f"runs/{config.recipe or 'custom'}")
     config_path = run_dir / "config.yaml"
     if resume and config_path.is_file():

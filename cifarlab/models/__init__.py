@@ -1,6 +1,9 @@
 """Model families and the registry; importing a family module registers its models."""
 
 from . import airbench, classic, resnet  # noqa: F401  (registration)
-from .registry import ModelStats, create_model, describe_model, list_models, model_stats, register_model
+from . import external  # noqa: F401  (the torchvision: and timm: namespaces)
+from .registry import ModelStats, check_model_name, create_model, describe_model, list_models, model_stats
+from .registry import register_model
 
-__all__ = ["ModelStats", "create_model", "describe_model", "list_models", "model_stats", "register_model"]
+__all__ = ["ModelStats", "check_model_name", "create_model", "describe_model", "list_models", "model_stats",
+           "register_model"]  # fmt: skip
