@@ -11,7 +11,8 @@ the honest path (eval.json: fixed budget, test evaluated once). With --probe the
 also evaluated after every epoch, off the clock and without influencing training, to find
 when each threshold was first crossed (time = training time so far + that evaluation).
 --results FILE appends every finished seed as a JSON line and summarizes all lines of the
-same recipe, so seeds can be run in separate sessions.
+same recipe, so seeds can be run in separate sessions. --runs DIR keeps each seed's run
+directory (checkpoints, eval.json, report) as DIR/<recipe>-seed<N>; by default they are deleted.
 """
 
 from __future__ import annotations
@@ -146,13 +147,18 @@ def main() -> None:
     parser.add_argument("--baseline-epochs", type=int, default=0, help="also run the plain baseline (0 = skip)")
     parser.add_argument("--baseline-batch-size", type=int, default=512)
     parser.add_argument("--baseline-lr", type=float, default=0.05)
+    parser.add_argument("--warmup", action="store_true",
+                        help="first one untimed run (seed 1000), so torch.compile and cuDNN autotuning are not timed")
+    parser.add_argument("--runs", metavar="DIR", help="keep the run directories here")
     parser.add_argument("--results", help="JSON-lines file: append each seed, summarize all lines of the recipe")
     args = parser.parse_args()
 
     results = []
     with tempfile.TemporaryDirectory(prefix="cifarlab-bench-") as tmp:
+        warmup = run_recipe(args.recipe, 1000, args.data_dir, args.set, False, Path(tmp) / "warmup") if args.warmup else None
         for seed in args.seeds:
-            result = run_recipe(args.recipe, seed, args.data_dir, args.set, args.probe, Path(tmp) / f"seed{seed}")
+            out = Path(args.runs or tmp) / f"{args.recipe}-seed{seed}"
+            result = run_recipe(args.recipe, seed, args.data_dir, args.set, args.probe, out)
             results.append(result)
             if args.results:
                 with open(args.results, "a") as f:
@@ -161,7 +167,7 @@ def main() -> None:
         lines = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
         results = [r for r in lines if r.get("recipe") == args.recipe and r.get("sets") == args.set]
     report = {"benchmark": "time_to_accuracy", "hardware": hardware(), "recipe": args.recipe, "runs": results,
-              "summary": summarize(results)}  # fmt: skip
+              "summary": summarize(results), "warmup_run": warmup}  # fmt: skip
     if args.baseline_epochs:
         config = cifarlab.resolve_config(args.recipe, sets=args.set)
         baseline = run_baseline(config, args.seeds[0], args.baseline_epochs, args.baseline_batch_size,

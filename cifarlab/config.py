@@ -99,6 +99,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch; 0 = torch's default (all cores)
     log_every: int = 50  # steps between metrics.jsonl lines
     checkpoint_every: int = 0  # steps between mid-epoch `last` checkpoints; 0 = at epoch ends only
+    checkpoint_epochs: int = 1  # epochs between epoch-end `last` checkpoints; 0 = after the final epoch only
     tta: str = "none"  # final test evaluation: none | flip | flip-translate
     out: str | None = None  # run directory; None = runs/<recipe>
     tensorboard: bool = False  # log scalars and a few images live to <out>/tensorboard (`tensorboard --logdir runs`)
@@ -135,7 +136,7 @@ _CHOICES = {
 _NON_NEGATIVE = (
     "data.val_size", "augment.translate", "augment.cutout", "optim.lr", "optim.momentum", "optim.weight_decay",
     "optim.warmup_epochs", "optim.gamma", "optim.final_lr_factor", "optim.grad_clip", "train.threads",
-    "train.log_every", "train.checkpoint_every", "optim.lookahead_every", "optim.lookahead_start_epoch",
+    "train.log_every", "train.checkpoint_every", "train.checkpoint_epochs", "optim.lookahead_every", "optim.lookahead_start_epoch",
     "finetune.unfreeze_every",
 )  # fmt: skip
 _POSITIVE = ("data.train_subset", "data.labels_per_class", "data.image_size", "train.epochs", "train.batch_size",

@@ -204,3 +204,22 @@ def test_gpu_settings_run_on_cpu(synthetic_root, tmp_path):
     run = cifarlab.train(config, verbose=False)
     assert run.test["num_images"] == 200 and 0.0 <= run.test["accuracy"] <= 1.0
     assert math.isfinite(run.test["loss"])
+
+
+class _LastCheckpointEpochs:
+    """Records, at each epoch end, which epoch the `last` checkpoint holds (None: none yet)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_epoch_end(self, trainer):
+        meta = trainer.checkpoints / "last" / "meta.json"
+        self.seen.append(json.loads(meta.read_text())["epoch"] if meta.exists() else None)
+
+
+@pytest.mark.parametrize("every, expected", [(1, [1, 2, 3]), (2, [None, 2, 3]), (0, [None, None, 3])])
+def test_checkpoint_epochs_sets_how_often_last_is_saved(synthetic_root, tmp_path, every, expected):
+    probe = _LastCheckpointEpochs()
+    config = small_config(synthetic_root, tmp_path / "run", "train.epochs=3", f"train.checkpoint_epochs={every}")
+    cifarlab.train(config, verbose=False, callbacks=[probe])
+    assert probe.seen == expected

@@ -37,7 +37,8 @@ from .runtime import autocast, configure, hardware, is_writer, rng_state, seed_e
 from .tensorboard import TensorBoardLogger
 
 # Settings that may differ between a run and its resumption (they do not change the result).
-_RESUME_FREE_KEYS = {("data", "data_dir"), ("train", "out"), ("train", "tensorboard"), ("train", "report")}
+_RESUME_FREE_KEYS = {("data", "data_dir"), ("train", "out"), ("train", "tensorboard"), ("train", "report"),
+                     ("train", "checkpoint_epochs")}
 
 
 @dataclass
@@ -259,7 +260,9 @@ class Trainer:
         if val is not None and (self.best_val_accuracy is None or val["accuracy"] > self.best_val_accuracy):
             self.best_val_accuracy = val["accuracy"]
             save_checkpoint(self.checkpoints / "best", self.eval_model.state_dict(), self.meta(val))
-        self.save_last()
+        every = self.config.train.checkpoint_epochs
+        if self.epoch == self.config.train.epochs or (every and self.epoch % every == 0):
+            self.save_last()
         self.notify("on_epoch_end")
 
     def record(self, record: dict) -> None:
