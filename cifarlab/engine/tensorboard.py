@@ -10,7 +10,7 @@ from __future__ import annotations
 from torchvision.utils import make_grid
 
 from ..viz.layers import first_layer_filters
-from .runtime import is_writer
+from .distributed import is_writer
 
 # metrics.jsonl key → TensorBoard tag, per kind of record
 _WINDOW_TAGS = {"train_loss": "train_window/loss", "train_acc": "train_window/accuracy", "lr": "lr",

@@ -28,12 +28,13 @@ from ..data import DeviceLoader, Splits, make_splits
 from ..errors import CifarlabError
 from ..fileio import write_json, write_text
 from ..transfer import build_model, with_source
+from . import distributed
 from .checkpoint import load_weights_into, read_state, read_weights, recover_checkpoint, save_checkpoint
 from .evaluate import format_report, metrics_from_logits, predict
 from .metrics_log import MetricsLog
 from .lookahead import Lookahead
 from .optim import build_optimizers, set_learning_rates
-from .runtime import autocast, configure, hardware, is_writer, rng_state, seed_everything, select_device, set_rng_state
+from .runtime import autocast, configure, hardware, rng_state, seed_everything, set_rng_state
 from .tensorboard import TensorBoardLogger
 
 # Settings that may differ between a run and its resumption (they do not change the result).
@@ -51,13 +52,17 @@ class Run:
 
 class _StopRequest:
     """Turns the first Ctrl-C into a flag checked between steps, so the run stops on a step
-    boundary and saves a consistent `last` checkpoint; a second Ctrl-C aborts at once."""
+    boundary and saves a consistent `last` checkpoint; a second Ctrl-C aborts at once.
+
+    Single-process runs only: under torchrun the ranks would see the signal at different
+    steps, and saving is collective, so there Ctrl-C stops the job at once (torchrun ends
+    every rank) and `--resume` continues from the last saved checkpoint."""
 
     def __init__(self):
         self.requested = False
 
     def __enter__(self):
-        self.previous = signal.getsignal(signal.SIGINT)
+        self.previous = signal.getsignal(signal.SIGINT) if distributed.world_size() == 1 else None
         if self.previous is not None:  # only the main thread may set handlers
             try:
                 signal.signal(signal.SIGINT, self._handle)
@@ -90,19 +95,31 @@ class Trainer:
         seed_everything(c.train.seed)
         model = build_model(c, num_classes=len(splits.classes))
         memory_format = torch.channels_last if c.train.channels_last else torch.contiguous_format
-        self.model = model.to(device, memory_format=memory_format)
+        self.model = model.to(device, memory_format=memory_format)  # unwrapped: checkpoints hold its state dict
+        if c.train.sync_bn:
+            self.model = distributed.convert_sync_batchnorm(self.model, device)
+        world = distributed.world_size()
+        if c.train.batch_size % world:
+            raise CifarlabError(
+                f"train.batch_size={c.train.batch_size} is the global batch, shared equally by the {world} processes; "
+                f"choose a multiple of {world}"
+            )
         loader_args = dict(mean=splits.mean, std=splits.std, device=device, channels_last=c.train.channels_last)
         a = c.augment
         self.train_loader = DeviceLoader(
             splits.train, c.train.batch_size, translate=a.translate, padding_mode=a.padding_mode, flip=a.flip,
-            cutout_size=a.cutout, shuffle=True, drop_last=True, seed=c.train.seed, **loader_args,
+            cutout_size=a.cutout, shuffle=True, drop_last=True, seed=c.train.seed, rank=distributed.rank(),
+            world_size=world, **loader_args,
         )  # fmt: skip
         if len(self.train_loader) == 0:
             raise CifarlabError(
                 f"train.batch_size={c.train.batch_size} is larger than the {len(splits.train)} training images"
             )
-        self.val_loader = DeviceLoader(splits.val, c.train.eval_batch_size, **loader_args) if splits.val else None
-        self.test_loader = DeviceLoader(splits.test, c.train.eval_batch_size, **loader_args)
+        # each rank evaluates its part of val/test; `evaluate` gathers the logits on every rank
+        self.val_loader = (
+            DeviceLoader(distributed.shard(splits.val), c.train.eval_batch_size, **loader_args) if splits.val else None
+        )
+        self.test_loader = DeviceLoader(distributed.shard(splits.test), c.train.eval_batch_size, **loader_args)
 
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = c.train.epochs * self.steps_per_epoch
@@ -118,7 +135,11 @@ class Trainer:
             if c.optim.ema_decay
             else None
         )
-        self.forward = torch.compile(self.model) if c.train.compile else self.model
+        # what a training step calls: under torchrun DDP, which averages the gradients across ranks, so the
+        # optimizers (Muon included), clipping, lookahead and EMA act on the same values on every rank
+        self.forward = distributed.wrap(self.model, device)
+        if c.train.compile:
+            self.forward = torch.compile(self.forward)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=c.optim.label_smoothing)
         self.log = MetricsLog(run_dir / "metrics.jsonl")
 
@@ -126,7 +147,8 @@ class Trainer:
         self.epoch = self.batch = self.step = 0
         self.elapsed = 0.0
         self.best_val_accuracy: float | None = None
-        # [loss×n, correct, n] for the epoch so far and for the window since the last log line
+        # [loss×n, correct, n] for the epoch so far and for the window since the last log line, of this
+        # rank's images (the global figures are their sum over ranks: distributed.summed)
         self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=device)
         self.window_sums = torch.zeros(3, dtype=torch.float64, device=device)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
@@ -183,7 +205,7 @@ class Trainer:
         self.step += 1
 
     def check_finite(self) -> None:
-        if self.nonfinite.item():
+        if distributed.summed(self.nonfinite.double()).item():
             last = self.checkpoints / "last"
             where = f"'{last}'" if last.exists() else "no checkpoint (none was saved yet)"
             raise CifarlabError(
@@ -203,6 +225,7 @@ class Trainer:
         if hasattr(self.model, "init_from_data"):
             images = self.train_loader.transform(self.train_loader.images[:5000], None)
             self.model.init_from_data(images)
+            distributed.broadcast_state(self.model)  # rank 0's result: eigh may differ in the last bits across machines
 
     @contextlib.contextmanager
     def untimed(self):
@@ -217,7 +240,7 @@ class Trainer:
 
     def log_window(self) -> None:
         self.check_finite()
-        loss_sum, correct, seen = self.window_sums.tolist()
+        loss_sum, correct, seen = distributed.summed(self.window_sums).tolist()
         now = time.perf_counter()
         record = {
             "step": self.step,
@@ -240,11 +263,14 @@ class Trainer:
         self.check_finite()
         if self.lookahead is not None:
             self.lookahead.sync()
-        loss_sum, correct, seen = self.epoch_sums.tolist()
+        # DDP keeps the parameters equal across ranks; the running statistics are made equal here (each
+        # rank's own last update otherwise), so every rank evaluates and saves the same model
+        distributed.broadcast_state(self.eval_model, buffers_only=True)
+        loss_sum, correct, seen = distributed.summed(self.epoch_sums).tolist()
         record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": loss_sum / seen, "train_acc": correct / seen}
         val = None
         if self.val_loader is not None:
-            logits, labels = predict(self.eval_model, self.val_loader, "none", autocast(self.device, self.config.train.precision))
+            logits, labels = self.evaluate(self.val_loader, len(self.splits.val), "none")
             val = metrics_from_logits(logits, labels, self.splits.classes)
             record.update(val_loss=val["loss"], val_acc=val["accuracy"])
         record.update(lr=self.lr(), elapsed=time.perf_counter() - self.clock)
@@ -259,14 +285,20 @@ class Trainer:
         self.epoch_sums.zero_()
         if val is not None and (self.best_val_accuracy is None or val["accuracy"] > self.best_val_accuracy):
             self.best_val_accuracy = val["accuracy"]
-            save_checkpoint(self.checkpoints / "best", self.eval_model.state_dict(), self.meta(val))
+            self.save(self.checkpoints / "best", self.meta(val))
         every = self.config.train.checkpoint_epochs
         if self.epoch == self.config.train.epochs or (every and self.epoch % every == 0):
             self.save_last()
         self.notify("on_epoch_end")
 
+    def evaluate(self, loader: DeviceLoader, total: int, tta: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of a whole split (`total` images) on every rank; each predicts its shard."""
+        logits, labels = predict(self.eval_model, loader, tta, autocast(self.device, self.config.train.precision))
+        return distributed.gather_shards(logits, total), distributed.gather_shards(labels, total)
+
     def record(self, record: dict) -> None:
-        self.log.write(record)
+        if distributed.is_writer():
+            self.log.write(record)
         self.notify("on_log", record)
 
     def notify(self, event: str, *args) -> None:
@@ -305,20 +337,33 @@ class Trainer:
             "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
             "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
             "rng": rng_state(),
-            "epoch_sums": self.epoch_sums.cpu(),
-            "window_sums": self.window_sums.cpu(),
+            "epoch_sums": distributed.summed(self.epoch_sums).cpu(),
+            "window_sums": distributed.summed(self.window_sums).cpu(),
+            "world_size": distributed.world_size(),
             "train_model": self.model.state_dict() if self.ema is not None else None,
             "ema_state": self.ema.state_dict() if self.ema is not None else None,
         }
-        save_checkpoint(self.checkpoints / "last", self.eval_model.state_dict(), self.meta(), state)
+        self.save(self.checkpoints / "last", self.meta(), state)
+
+    def save(self, folder: Path, meta: dict, state: dict | None = None) -> None:
+        """Rank 0 writes the checkpoint (of the unwrapped eval model); every rank waits until it is there."""
+        if distributed.is_writer():
+            save_checkpoint(folder, self.eval_model.state_dict(), meta, state)
+        distributed.barrier()
 
     def restore(self) -> bool:
-        """Continue from `last` if there is one; returns whether anything was restored."""
-        for name in ("last", "best"):
-            recover_checkpoint(self.checkpoints / name)
+        """Continue from `last` if there is one; returns whether anything was restored.
+
+        Every rank reads the same `last`; the world size may differ from the run that wrote it
+        (positions count global batches, and the saved running sums are global)."""
+        if distributed.is_writer():
+            for name in ("last", "best"):
+                recover_checkpoint(self.checkpoints / name)
+        distributed.barrier()
         last = self.checkpoints / "last"
         if not last.exists():
-            self.log.truncate(0)
+            if distributed.is_writer():
+                self.log.truncate(0)
             return False
         state = read_state(last)
         weights = read_weights(last / "model.safetensors")
@@ -334,9 +379,13 @@ class Trainer:
         set_rng_state(state["rng"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.elapsed, self.best_val_accuracy = state["elapsed"], state["best_val_accuracy"]
-        self.epoch_sums.copy_(state["epoch_sums"])
-        self.window_sums.copy_(state["window_sums"])
-        self.log.truncate(state["metrics_offset"])
+        if distributed.is_writer():  # the saved sums are global: rank 0 carries them on, the others start at 0
+            self.epoch_sums.copy_(state["epoch_sums"])
+            self.window_sums.copy_(state["window_sums"])
+            self.log.truncate(state["metrics_offset"])
+        if self.verbose and state.get("world_size", 1) != distributed.world_size():
+            print(f"note: {last} was saved by {state['world_size']} process(es), now {distributed.world_size()}: "
+                  f"the same global batches follow, but BatchNorm statistics per process change", file=sys.stderr)  # fmt: skip
         return True
 
     # ------------------------------------------------------------ final test
@@ -345,11 +394,10 @@ class Trainer:
         c = self.config.train
         best = self.checkpoints / "best"
         chosen = "best" if best.exists() else "last"
-        model = self.eval_model
         if chosen == "best":
-            load_weights_into(model, read_weights(best / "model.safetensors"), str(best))
+            load_weights_into(self.eval_model, read_weights(best / "model.safetensors"), str(best))
         start = time.perf_counter()
-        logits, labels = predict(model, self.test_loader, c.tta, autocast(self.device, c.precision))
+        logits, labels = self.evaluate(self.test_loader, len(self.splits.test), c.tta)
         metrics = metrics_from_logits(logits, labels, self.splits.classes)
         result = {
             "split": "test",
@@ -360,9 +408,11 @@ class Trainer:
             "eval_seconds": time.perf_counter() - start,
             "device": str(self.device),
             "hardware": hardware(self.device),
+            "processes": distributed.world_size(),
             **metrics,
         }
-        write_json(self.run_dir / "eval.json", result)
+        if distributed.is_writer():
+            write_json(self.run_dir / "eval.json", result)
         self.record({"event": "test", "accuracy": metrics["accuracy"], "loss": metrics["loss"], "checkpoint": chosen})
         if self.verbose:
             print(f"\ntest set ({len(labels)} images, {chosen} checkpoint, tta={c.tta}):")
@@ -387,10 +437,20 @@ def train(config: Config | str, resume: bool = False, verbose: bool = True, call
 
     With `resume`, continue the run in that folder from `checkpoints/last` (or start it if it
     holds nothing yet); the config must match the saved one.
+
+    Under torchrun, every process calls this: they train one run together (see
+    engine/distributed.py), only rank 0 prints and writes files, and every rank returns the
+    same Run. For torchrun's `--max-restarts`, pass `resume`: every start then continues from
+    `last` (the first one, finding nothing, starts the run).
     """
     config = resolve(config) if isinstance(config, str) else validate(config)
     if config.finetune.source is not None:
         config = with_source(config)
+    with distributed.session(config.train.device) as device:
+        return _train(config, device, resume, verbose and distributed.is_writer(), callbacks)
+
+
+def _train(config: Config, device: torch.device, resume: bool, verbose: bool, callbacks) -> Run:
     run_dir = Path(config.train.out or f"runs/{config.recipe or 'custom'}")
     config_path = run_dir / "config.yaml"
     if resume and config_path.is_file():
@@ -406,17 +466,16 @@ def train(config: Config | str, resume: bool = False, verbose: bool = True, call
             return Run(run_dir, config, result, result["val_accuracy"])
     elif run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise CifarlabError(f"'{run_dir}' already holds a run; pass --resume to continue it or --out for a new one")
+    distributed.barrier()  # every rank has looked at the run directory before rank 0 writes into it
 
-    device = select_device(config.train.device)
     configure(config.train.threads, config.train.deterministic)
     splits = make_splits(config.data)
     if config.train.tensorboard:
         callbacks = [*callbacks, TensorBoardLogger()]
     trainer = Trainer(config, run_dir, splits, device, verbose, callbacks)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not config_path.is_file():
-        write_text(config_path, config.to_yaml())
+    if distributed.is_writer() and not config_path.is_file():
+        write_text(config_path, config.to_yaml())  # (creates the run directory)
     if resume and trainer.restore() and verbose:
         print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
     trainer.fit()
@@ -429,7 +488,7 @@ def train(config: Config | str, resume: bool = False, verbose: bool = True, call
 def _write_report(run_dir: Path, device: str, verbose: bool) -> None:
     """The report at the end of training is an extra: a failure is printed, and the finished
     run (eval.json, checkpoints) stays as it is."""
-    if not is_writer():
+    if not distributed.is_writer():
         return
     try:
         from ..viz.report import write_report  # matplotlib and captum load only when a report is written
