@@ -38,6 +38,12 @@ class AugmentConfig:
     padding_mode: str = "reflect"  # reflect | zeros (black, as torchvision's RandomCrop)
     flip: str = "random"  # none | random | alternating (airbench: each image flips every other epoch)
     cutout: int = 0  # side of a zeroed square per image; 0 = off
+    policy: str = "none"  # none | autoaugment (CIFAR-10 policy) | randaugment | trivialaugment | augmix; drawn per image
+    randaugment_ops: int = 2  # RandAugment: ops per image (N)
+    randaugment_magnitude: int = 9  # RandAugment: magnitude bin of 0..30 (M)
+    random_erasing: float = 0.0  # probability per image of zeroing a random rectangle (Zhong et al. 2020); 0 = off
+    mixup_alpha: float = 0.0  # Mixup: blend with a partner image by λ ~ Beta(α, α), soft targets; 0 = off
+    cutmix_alpha: float = 0.0  # CutMix: paste a box of (1-λ) of a partner image; with Mixup, half the images each
 
 
 @dataclass
@@ -109,17 +115,19 @@ _CHOICES = {
     "data.dataset": ("cifar10", "cifar100", "cifar100-coarse"),
     "augment.padding_mode": ("reflect", "zeros"),
     "augment.flip": ("none", "random", "alternating"),
+    "augment.policy": ("none", "autoaugment", "randaugment", "trivialaugment", "augmix"),
     "optim.name": ("sgd", "adam", "adamw"),
     "optim.schedule": ("constant", "step", "cosine", "linear"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.tta": ("none", "flip", "flip-translate"),
 }
 _NON_NEGATIVE = (
-    "data.val_size", "augment.translate", "augment.cutout", "optim.lr", "optim.momentum", "optim.weight_decay",
-    "optim.warmup_epochs", "optim.gamma", "optim.final_lr_factor", "optim.grad_clip", "train.threads",
-    "train.log_every", "train.checkpoint_every", "optim.lookahead_every", "optim.lookahead_start_epoch",
+    "data.val_size", "augment.translate", "augment.cutout", "augment.mixup_alpha", "augment.cutmix_alpha", "optim.lr",
+    "optim.momentum", "optim.weight_decay", "optim.warmup_epochs", "optim.gamma", "optim.final_lr_factor",
+    "optim.grad_clip", "train.threads", "train.log_every", "train.checkpoint_every", "optim.lookahead_every",
+    "optim.lookahead_start_epoch",
 )  # fmt: skip
-_POSITIVE = ("data.train_subset", "train.epochs", "train.batch_size", "train.eval_batch_size")
+_POSITIVE = ("data.train_subset", "train.epochs", "train.batch_size", "train.eval_batch_size", "augment.randaugment_ops")
 
 
 def validate(config: Config) -> Config:
@@ -136,6 +144,9 @@ def validate(config: Config) -> Config:
                        ("optim.lookahead_decay", 1.0)):  # fmt: skip
         if not 0 <= flat[key] < limit:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [0, {limit})")
+    for key, low, high in (("augment.random_erasing", 0, 1), ("augment.randaugment_magnitude", 0, 30)):
+        if not low <= flat[key] <= high:
+            raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [{low}, {high}]")
     for key in ("data.mean", "data.std"):
         if flat[key] is not None and (len(flat[key]) != 3 or (key == "data.std" and min(flat[key]) <= 0)):
             raise CifarlabError(f"{key} must be three numbers (one per RGB channel){', all > 0' * (key == 'data.std')}")
