@@ -81,10 +81,13 @@ def run_recipe(recipe: str, seed: int, data_dir: str | None, sets: list[str], pr
 def run_baseline(config: cifarlab.Config, seed: int, epochs: int, batch_size: int, lr: float, data_dir) -> dict:
     """What a plain PyTorch script does with the same net: torchvision transforms in a
     DataLoader (2 workers), one SGD group (Nesterov 0.9, wd 5e-4), cosine, mean loss, no TTA.
-    The net keeps its own initialization (whitening filters included)."""
+    The net keeps its architecture and initialization (whitening filters included), but its
+    head in the usual parametrization: the recipe's `head_*` options re-scale the head for
+    per-group learning rates, which a single-lr SGD does not have."""
     torch.manual_seed(seed)
     spec = get_spec("cifar10")
-    model = cifarlab.create_model(config.model.name, **config.model.options).to(memory_format=torch.channels_last)
+    options = {k: v for k, v in config.model.options.items() if not k.startswith("head_")}
+    model = cifarlab.create_model(config.model.name, **options).to(memory_format=torch.channels_last)
     train_set = load_split("cifar10", "train", data_dir)
     test_loader = DeviceLoader(load_split("cifar10", "test", data_dir), 1000, spec.mean, spec.std)
     pipeline = transforms.Compose([

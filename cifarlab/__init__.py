@@ -5,6 +5,7 @@
     run = cifarlab.train(config)                      # → run.dir, run.test["accuracy"]
     metrics = cifarlab.evaluate(run.dir, split="test", tta="flip")
     model = cifarlab.load_model(run.dir)
+    tuned = cifarlab.finetune(run.dir, "cifar100", "full")   # → the same kind of Run
 """
 
 __version__ = "0.1.0"
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 from .config import Config, resolve as resolve_config  # noqa: E402
 from .engine import Checkpoint, Run, classify_images, evaluate, load_checkpoint, load_model, train  # noqa: E402
 from .errors import CifarlabError  # noqa: E402
+from .transfer import finetune  # noqa: E402
 from .models import create_model, list_models, model_stats  # noqa: E402
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "classify_images",
     "create_model",
     "evaluate",
+    "finetune",
     "list_models",
     "load_checkpoint",
     "load_model",

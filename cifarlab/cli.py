@@ -15,6 +15,24 @@ def _add_data_location(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | cifar100-coarse (default: cifar10)")
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that makes a run (train, finetune)."""
+    p.add_argument("--recipe", help="named recipe (see `cifarlab recipes`; default: the command's default recipe)")
+    p.add_argument("--config", help="YAML file of settings applied over the recipe")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", help="run directory (default: runs/<recipe>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. optim.wd=0")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--tensorboard", action="store_true", help="log live to RUN_DIR/tensorboard (train.tensorboard)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (train.report=false)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifarlab", description=__doc__.split(":")[0])
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
@@ -24,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     for name, text in (("info", "where the data is and what it holds"), ("verify", "compare files with the official md5s")):
         _add_data_location(data_commands.add_parser(name, help=text))
+    show = data_commands.add_parser("show", help="sample images per class and statistics, saved as a PNG")
+    _add_data_location(show)
+    show.add_argument("--out", metavar="FILE.png", help="where to save the picture (default: <dataset>_overview.png)")
     download = data_commands.add_parser("download", help="download the official archive (md5-checked)")
     _add_data_location(download)
     download.add_argument("--url", help="a mirror of the official archive (still md5-checked)")
@@ -35,21 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("recipes", help="named training recipes and what they reach")
 
     train = commands.add_parser("train", help="train a model and test it once at the end")
-    train.add_argument("--recipe", help="named recipe (see `cifarlab recipes`; default: the default recipe)")
-    train.add_argument("--config", help="YAML file of settings applied over the recipe")
+    _add_run_options(train)
     train.add_argument("--model", help="model name (see `cifarlab models`)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float, help="peak learning rate")
-    train.add_argument("--seed", type=int)
     train.add_argument("--train-subset", type=int, metavar="N", help="train on a stratified subset of N images")
-    train.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    train.add_argument("--dataset", help="cifar10 | cifar100 | cifar100-coarse")
-    train.add_argument("--data-dir")
-    train.add_argument("--out", help="run directory (default: runs/<recipe>)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. optim.wd=0")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--dataset", help="cifar10 | cifar100 | cifar100-coarse, a class subset (cifar10:cat,dog), folder:PATH")
+
+    finetune = commands.add_parser("finetune", help="adapt a pretrained model to a new task, then test it once")
+    _add_run_options(finetune)
+    finetune.add_argument("--from", dest="source", required=True, metavar="SOURCE",
+                          help="a run or checkpoint, torchvision:<model>[:<weights>], timm:<name>, or a weights file with --arch")  # fmt: skip
+    finetune.add_argument("--data", dest="target", required=True, metavar="TARGET",
+                          help="cifar10 | cifar100 | cifar100-coarse, a class subset (cifar10:cat,dog), folder:PATH")  # fmt: skip
+    finetune.add_argument("--strategy", choices=["linear", "full", "gradual"],
+                          help="linear: train the new head only; full: everything (layer-wise lr decay); gradual: unfreeze from the top")  # fmt: skip
+    finetune.add_argument("--labels-per-class", type=int, metavar="N", help="train on N labelled images per class")
+    finetune.add_argument("--arch", help="architecture of a weights-file source (`cifarlab models`, torchvision:<model>, timm:<name>)")
+    finetune.add_argument("--input-size", type=int, metavar="PX", help="torchvision/timm nets: upsample images to PX×PX")
+    finetune.add_argument("--cifar-stem", action="store_true", default=None,
+                          help="torchvision ResNets: fresh 3×3 stride-1 stem, no max-pool (for 32×32 inputs)")  # fmt: skip
 
     evaluate = commands.add_parser("eval", help="evaluate a run or checkpoint on val or test")
     evaluate.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
@@ -67,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--device", default="auto")
+
+    report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, errors, Grad-CAM, calibration")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
+    report.add_argument("--device", default="auto")
+
+    compare = commands.add_parser("compare", help="overlay runs' curves and tabulate their final metrics (HTML + PNG)")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--out", default="compare.html", metavar="FILE.html", help="default: compare.html")
     return parser
 
 
@@ -87,29 +120,38 @@ def _data(args) -> None:
                 f"{len(bad)} file(s) differ from the official release: {', '.join(bad)}. If this is not a "
                 f"deliberate subset, delete '{folder}' and run `cifarlab data download`."
             )
+    elif args.data_command == "show":
+        from .viz.dataset import show_dataset
+
+        overview = show_dataset(args.dataset, args.data_dir, args.out)
+        print(f"{args.dataset}: {locate(args.dataset, args.data_dir, download=False)}")
+        for stats in overview.statistics:
+            print(f"  {stats.summary(overview.classes)}")
+        width = max(len(name) for name in overview.classes)
+        print(f"  {'class':<{width}} " + " ".join(f"{s.name:>7}" for s in overview.statistics))
+        for i, name in enumerate(overview.classes):
+            print(f"  {name:<{width}} " + " ".join(f"{s.class_counts[i]:>7}" for s in overview.statistics))
+        print(f"saved: {overview.path}")
     else:
+        from .data.statistics import split_statistics
+
         folder = locate(args.dataset, args.data_dir, download=False)
         print(f"{args.dataset}: {folder}")
         for split in ("train", "test"):
             data = datasets.load_split(args.dataset, split, args.data_dir, download=False)
-            images = data.images.double() / 255
-            counts = data.labels.bincount(minlength=len(data.classes)).tolist()
-            mean = ", ".join(f"{v:.4f}" for v in images.mean((0, 2, 3)).tolist())
-            std = ", ".join(f"{v:.4f}" for v in images.std((0, 2, 3)).tolist())
-            print(f"  {split}: {len(data)} images {tuple(data.images.shape[1:])} uint8, {len(data.classes)} classes, "
-                  f"per class {min(counts)}..{max(counts)}; mean ({mean}) std ({std})")  # fmt: skip
+            print(f"  {split_statistics(data, split).summary(data.classes)}")
         print(f"  classes: {', '.join(data.classes)}")
 
 
 def _models(args) -> None:
     import torch
 
-    from .models import create_model, describe_model, list_models, model_stats
+    from .models import check_model_name, create_model, describe_model, list_models, model_stats
     from .models.measure import measure_throughput
 
     names = args.names or list_models()
     for name in names:
-        describe_model(name)  # an unknown name fails here, before any measuring
+        check_model_name(name)  # an unknown name fails here, before any measuring
     speed_header = f" {'train img/s':>11} {'infer img/s':>11}" if args.measure else ""
     print(f"{'model':<19} {'params':>11} {'MFLOPs':>9}{speed_header}  description")
     for name in names:
@@ -120,6 +162,7 @@ def _models(args) -> None:
             speed = f" {throughput.train:>11.1f} {throughput.infer:>11.1f}"
         print(f"{name:<19} {stats.params:>11,} {stats.mflops:>9.1f}{speed}  {describe_model(name)}", flush=True)
     print("MFLOPs: forward pass of one 32×32 image, counted by torch.utils.flop_counter (multiply-add = 2).")
+    print("Also: torchvision:<name> and timm:<name> (if installed) build those libraries' nets, e.g. for `cifarlab finetune`.")
     if args.measure:
         print(f"img/s: this CPU, {torch.get_num_threads()} threads, fp32, channels_last, batch 64; train = forward, "
               "backward and SGD step.")
@@ -132,23 +175,46 @@ def _recipes() -> None:
         print(f"{name}{' (default)' if name == DEFAULT_RECIPE else ''}\n    {description}")
 
 
-def _train(args) -> None:
-    from .config import resolve
+def _run_flags(args, **sections) -> dict:
+    """The flags a run command was given, as config sections (unset flags left out)."""
+    flags = {
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
+                  "out": args.out, "tensorboard": args.tensorboard or None, "report": False if args.no_report else None},
+        "optim": {"lr": args.lr},
+        "data": {"data_dir": args.data_dir},
+    }  # fmt: skip
+    for section, values in sections.items():
+        flags[section] = {**flags.get(section, {}), **values}
+    return {section: {k: v for k, v in values.items() if v is not None} for section, values in flags.items()}
+
+
+def _start(config, args) -> None:
     from .engine import train
 
-    flags = {
-        "model": {"name": args.model},
-        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
-                  "out": args.out},
-        "optim": {"lr": args.lr},
-        "data": {"train_subset": args.train_subset, "dataset": args.dataset, "data_dir": args.data_dir},
-    }  # fmt: skip
-    flags = {section: {k: v for k, v in values.items() if v is not None} for section, values in flags.items()}
-    config = resolve(args.recipe, args.config, flags, args.set)
     if args.print_config:
         print(config.to_yaml(), end="")
         return
     train(config, resume=args.resume)
+
+
+def _train(args) -> None:
+    from .config import resolve
+
+    flags = _run_flags(args, model={"name": args.model},
+                       data={"train_subset": args.train_subset, "dataset": args.dataset})  # fmt: skip
+    _start(resolve(args.recipe, args.config, flags, args.set), args)
+
+
+def _finetune(args) -> None:
+    from .transfer import finetune_config
+
+    flags = _run_flags(
+        args,
+        finetune={"source": args.source, "strategy": args.strategy, "arch": args.arch, "input_size": args.input_size,
+                  "cifar_stem": args.cifar_stem},
+        data={"dataset": args.target, "labels_per_class": args.labels_per_class},
+    )  # fmt: skip
+    _start(finetune_config(flags, args.recipe, args.config, args.set), args)
 
 
 def _eval(args) -> None:
@@ -172,6 +238,19 @@ def _predict(args) -> None:
         print(f"{path}: " + ", ".join(f"{name} {p:.1%}" for name, p in top))
 
 
+def _report(args) -> None:
+    from .viz.report import write_report
+
+    print(f"report: {write_report(args.run_dir, data_dir=args.data_dir, device=args.device)}")
+
+
+def _compare(args) -> None:
+    from .viz.compare import compare_runs
+
+    path = compare_runs(args.run_dirs, args.out)
+    print(f"comparison: {path} (curves: {path.with_suffix('.png')})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -183,10 +262,16 @@ def main(argv: list[str] | None = None) -> int:
             _recipes()
         elif args.command == "train":
             _train(args)
+        elif args.command == "finetune":
+            _finetune(args)
         elif args.command == "eval":
             _eval(args)
         elif args.command == "predict":
             _predict(args)
+        elif args.command == "report":
+            _report(args)
+        elif args.command == "compare":
+            _compare(args)
     except CifarlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

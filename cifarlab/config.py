@@ -15,18 +15,20 @@ from pathlib import Path
 import yaml
 
 from .errors import CifarlabError
-from .models import list_models
+from .models import check_model_name
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-DEFAULT_RECIPE = "resnet20"
+DEFAULT_RECIPE = "fast"
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "cifar10"  # cifar10 | cifar100 | cifar100-coarse
+    dataset: str = "cifar10"  # cifar10 | cifar100 | cifar100-coarse; a class subset: cifar10:cat,dog; folder:PATH (own images)
     data_dir: str | None = None  # None: $CIFARLAB_DATA, ./data, ~/.cache/cifarlab, else download
     val_size: int | None = None  # held out of train for model selection; None = 10% (5,000 for CIFAR-10)
     train_subset: int | None = None  # train on a stratified subset of this many images
+    labels_per_class: int | None = None  # train on this many images per class (few labels); same seed as the subset
+    image_size: int = 32  # folder: images are resized to this side (CIFAR is 32×32)
     split_seed: int = 0  # fixes the val split and the subset, whatever the training seed
     mean: list[float] | None = None  # normalization; None = the dataset's published train statistics
     std: list[float] | None = None
@@ -78,6 +80,18 @@ class OptimConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    source: str | None = None  # start from: a run/checkpoint | torchvision:<model>[:<weights>] | timm:<name> | a weights file; None = from scratch
+    arch: str | None = None  # the architecture a weights-file source was saved from (a `cifarlab models` name, torchvision:/timm:)
+    strategy: str = "full"  # linear (train the new head only) | full | gradual (unfreeze the layers from the top down)
+    layer_decay: float = 1.0  # each pretrained layer's lr is the next higher one's × this (layer-wise lr decay); 1 = off
+    unfreeze_every: float = 1.0  # gradual: epochs between unfreezing one more layer
+    freeze_bn: bool = False  # BatchNorm layers keep the source's statistics (always in eval mode)
+    input_size: int | None = None  # torchvision/timm nets: upsample the images to this side first (e.g. 224); None = as they are
+    cifar_stem: bool = False  # torchvision ResNets: a fresh 3×3 stride-1 first conv and no max-pool, for 32×32 inputs
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 30
     batch_size: int = 128
@@ -93,6 +107,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch `last` checkpoints; 0 = at epoch ends only
     tta: str = "none"  # final test evaluation: none | flip | flip-translate
     out: str | None = None  # run directory; None = runs/<recipe>
+    tensorboard: bool = False  # log scalars and a few images live to <out>/tensorboard (`tensorboard --logdir runs`)
+    report: bool = True  # write <out>/report.html after the final test (`cifarlab report` writes it later)
 
 
 @dataclass
@@ -102,6 +118,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
@@ -111,8 +128,8 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+CIFAR_DATASETS = ("cifar10", "cifar100", "cifar100-coarse")
 _CHOICES = {
-    "data.dataset": ("cifar10", "cifar100", "cifar100-coarse"),
     "augment.padding_mode": ("reflect", "zeros"),
     "augment.flip": ("none", "random", "alternating"),
     "augment.policy": ("none", "autoaugment", "randaugment", "trivialaugment", "augmix"),
@@ -120,14 +137,16 @@ _CHOICES = {
     "optim.schedule": ("constant", "step", "cosine", "linear"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.tta": ("none", "flip", "flip-translate"),
+    "finetune.strategy": ("linear", "full", "gradual"),
 }
 _NON_NEGATIVE = (
     "data.val_size", "augment.translate", "augment.cutout", "augment.mixup_alpha", "augment.cutmix_alpha", "optim.lr",
     "optim.momentum", "optim.weight_decay", "optim.warmup_epochs", "optim.gamma", "optim.final_lr_factor",
     "optim.grad_clip", "train.threads", "train.log_every", "train.checkpoint_every", "optim.lookahead_every",
-    "optim.lookahead_start_epoch",
+    "optim.lookahead_start_epoch", "finetune.unfreeze_every",
 )  # fmt: skip
-_POSITIVE = ("data.train_subset", "train.epochs", "train.batch_size", "train.eval_batch_size", "augment.randaugment_ops")
+_POSITIVE = ("data.train_subset", "data.labels_per_class", "data.image_size", "train.epochs", "train.batch_size",
+             "train.eval_batch_size", "finetune.input_size", "augment.randaugment_ops")  # fmt: skip
 
 
 def validate(config: Config) -> Config:
@@ -150,11 +169,32 @@ def validate(config: Config) -> Config:
     for key in ("data.mean", "data.std"):
         if flat[key] is not None and (len(flat[key]) != 3 or (key == "data.std" and min(flat[key]) <= 0)):
             raise CifarlabError(f"{key} must be three numbers (one per RGB channel){', all > 0' * (key == 'data.std')}")
-    if config.model.name not in list_models():
-        raise CifarlabError(f"unknown model '{config.model.name}'; `cifarlab models` lists: {', '.join(list_models())}")
+    if not 0 < flat["finetune.layer_decay"] <= 1:
+        raise CifarlabError(f"finetune.layer_decay={flat['finetune.layer_decay']} is out of range; it must be in (0, 1]")
+    _validate_dataset(config.data)
+    check_model_name(config.model.name)
     if config.train.device not in ("auto", "cpu", "cuda") and not config.train.device.startswith("cuda:"):
         raise CifarlabError(f"train.device={config.train.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
     return config
+
+
+def _validate_dataset(data: DataConfig) -> None:
+    """The dataset's form (class names and folders are checked when the data is read)."""
+    name, colon, rest = data.dataset.partition(":")
+    if name == "folder" and not rest:
+        raise CifarlabError("data.dataset=folder:PATH needs a path, e.g. folder:~/photos")
+    if name != "folder":
+        if name not in CIFAR_DATASETS:
+            raise CifarlabError(
+                f"data.dataset={data.dataset!r} is not allowed; choose one of: {', '.join(CIFAR_DATASETS)}, "
+                f"a class subset such as cifar10:cat,dog, or folder:PATH"
+            )
+        if colon and len(set(filter(None, rest.split(",")))) < 2:
+            raise CifarlabError(f"data.dataset={data.dataset!r}: a class subset needs two or more comma-separated names")
+        if data.image_size != 32:
+            raise CifarlabError(f"data.image_size={data.image_size}: CIFAR images are 32×32; it is for folder: datasets")
+    if data.train_subset is not None and data.labels_per_class is not None:
+        raise CifarlabError("choose one of data.train_subset and data.labels_per_class, not both")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -275,8 +315,10 @@ def load_recipe(name: str, device_type: str | None = None) -> Config:
     if not path.is_file():
         raise CifarlabError(f"unknown recipe '{name}'; `cifarlab recipes` lists: {', '.join(list_recipes())}")
     data = read_yaml(path)
+    base = data.pop("base", None)  # a recipe may start from another one and change a few keys
     per_device = {kind: data.pop(kind, None) for kind in DEVICE_TYPES}
-    config = merge(Config(), data, f"recipe '{name}'")
+    config = load_recipe(base, device_type) if base else Config()
+    config = merge(config, data, f"recipe '{name}'")
     if device_type and per_device[device_type]:
         config = merge(config, per_device[device_type], f"recipe '{name}' ({device_type} section)")
     config.recipe = name

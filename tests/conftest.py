@@ -45,6 +45,21 @@ def write_cifar10(root: Path, per_batch: int = 100, test: int = 200) -> Path:
     return root
 
 
+def write_source_checkpoint(folder: Path, name: str = "resnet20", seed: int = 0) -> Path:
+    """A cifarlab checkpoint of a freshly initialized 10-class net: a fine-tuning source whose
+    every weight is known, made in milliseconds instead of a training run."""
+    import torch
+
+    from cifarlab import create_model
+    from cifarlab.engine.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=10)
+    meta = {"model": name, "model_options": {}, "classes": CIFAR10_CLASSES, "mean": [0.5, 0.4, 0.3], "std": [0.2] * 3}
+    save_checkpoint(folder, model.state_dict(), meta)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     return write_cifar10(tmp_path_factory.mktemp("synthetic"))
@@ -60,7 +75,9 @@ def real_root() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch, tmp_path):
-    """No test reads the user's data folders or writes into the repository."""
+    """No test reads the user's data folders or writes into the repository, and subprocesses
+    import this checkout's cifarlab (not another installed copy)."""
     monkeypatch.delenv("CIFARLAB_DATA", raising=False)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)

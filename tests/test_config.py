@@ -98,3 +98,10 @@ def test_deep_set_merges_into_mapping_settings():
     assert c.model.options == {"head_scale": 0.00390625, "head_init_std": 1.0, "whitening": False}
     assert c.optim.groups["filters"] == {"optimizer": "muon", "lr": 0.1, "momentum": 0.6}
     assert c.optim.groups["head"] == {"lr": 686.0}
+
+
+def test_recipe_can_start_from_a_base_recipe():
+    quick, full = resolve("fast90"), resolve("fast")
+    assert quick.recipe == "fast90" and quick.model.options["widths"] == [32, 128, 128]
+    assert quick.model.options["head_init_std"] == full.model.options["head_init_std"]  # inherited
+    assert quick.optim == full.optim and quick.train.epochs < full.train.epochs

@@ -8,7 +8,7 @@ from cifarlab.cli import main
 def test_tutorial_recipe_learns_real_cifar10(real_root, tmp_path, capsys):
     out = tmp_path / "tutorial"
     argv = ["train", "--recipe", "tutorial", "--data-dir", str(real_root), "--out", str(out),
-            "--epochs", "1", "--train-subset", "30000"]  # fmt: skip
+            "--epochs", "1", "--train-subset", "30000", "--no-report"]  # fmt: skip
     assert main(argv) == 0
     result = json.loads((out / "eval.json").read_text())
     assert result["num_images"] == 10000 and result["checkpoint"] == "last"

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from cifarlab.engine.metrics_log import read_metrics
+from conftest import write_source_checkpoint
 
 TIME_FIELDS = {"elapsed", "images_per_s"}
 
@@ -22,15 +23,19 @@ SETTINGS = {
     "resnet20-ema": ["--recipe", "resnet20", "--set", "optim.lr=0.05", "--set", "optim.warmup_epochs=1",
                      "--set", "optim.ema_decay=0.9", "--set", "optim.label_smoothing=0.1",
                      "--set", "optim.grad_clip=2.0", "--set", "augment.cutout=8"],
-    # the fast recipe's parts: whitening init, Muon + SGD groups, alternating flip, and lookahead
+    # the fast recipe's parts: whitening init, Muon + SGD groups, alternating flip, and lookahead; with TensorBoard
+    # logging on, which must not change a bit
     "fast-lookahead": ["--recipe", "fast", "--set", "optim.lookahead_every=2", "--set", "optim.lookahead_start_epoch=1",
-                       "--set", "data.val_size=50", "--set", "train.tta=flip"],
+                       "--set", "data.val_size=50", "--set", "train.tta=flip", "--tensorboard"],
+    # fine-tuning from ./source: layers unfreeze at epochs 1, 2, 3 (held groups, per-layer lrs), frozen BN statistics
+    "finetune-gradual": ["--recipe", "finetune", "--set", "finetune.source=source", "--set", "finetune.strategy=gradual",
+                         "--set", "finetune.layer_decay=0.7", "--set", "finetune.freeze_bn=true"],
 }  # fmt: skip
 
 
 def command(data_root, out, settings="resnet20-ema"):
     common = ["--set", "train.epochs=4", "--set", "train.batch_size=50", "--set", "train.checkpoint_every=2",
-              "--set", "train.log_every=3"]  # fmt: skip
+              "--set", "train.log_every=3", "--no-report"]  # fmt: skip
     return [sys.executable, "-m", "cifarlab", "train", *SETTINGS[settings], *common, "--data-dir", str(data_root),
             "--out", str(out), "--resume"]  # fmt: skip
 
@@ -77,6 +82,7 @@ def assert_identical(a, b):
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(synthetic_root, tmp_path, settings):
     """Each trial kills a run 4 times at random moments (startup, training, checkpoint writes,
     final test all included); $CIFARLAB_RESUME_TRIALS sets how many trials (default 1)."""
+    write_source_checkpoint(tmp_path / "source")  # the fine-tuning source; runs start in tmp_path
     reference = tmp_path / "reference"
     started = time.perf_counter()
     run_to_completion(synthetic_root, reference, [], settings)

@@ -20,7 +20,8 @@ def small_config(data_root, out, *sets):
     return cifarlab.resolve_config(
         "resnet20",
         sets=[f"data.data_dir={data_root}", f"train.out={out}", "train.epochs=2", "train.batch_size=50",
-              "train.log_every=3", "optim.lr=0.05", "optim.warmup_epochs=0.5", "augment.cutout=8", *sets],
+              "train.log_every=3", "optim.lr=0.05", "optim.warmup_epochs=0.5", "augment.cutout=8", "train.report=false",
+              *sets],
     )  # fmt: skip
 
 
@@ -169,7 +170,7 @@ def test_cli_error_paths(synthetic_root, tmp_path, capsys):
 def test_cli_train_eval_predict(synthetic_root, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--recipe", "tutorial", "--data-dir", str(synthetic_root), "--out", str(out), "--epochs", "1",
-            "--set", "data.val_size=100", "--batch-size", "20", "--lr", "0.01"]  # fmt: skip
+            "--set", "data.val_size=100", "--batch-size", "20", "--lr", "0.01", "--no-report"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "confusion matrix" in printed and "airplane" in printed
@@ -198,7 +199,7 @@ def test_gpu_settings_run_on_cpu(synthetic_root, tmp_path):
         "fast",
         flags={"train": {"device": "cuda"}} if torch.cuda.is_available() else None,
         sets=[f"data.data_dir={synthetic_root}", f"train.out={tmp_path / 'run'}", "train.epochs=1",
-              "train.batch_size=50", "train.precision=bf16", "train.compile=true", "train.tta=flip"],
+              "train.batch_size=50", "train.precision=bf16", "train.compile=true", "train.tta=flip", "train.report=false"],
     )  # fmt: skip
     run = cifarlab.train(config, verbose=False)
     assert run.test["num_images"] == 200 and 0.0 <= run.test["accuracy"] <= 1.0

@@ -1,13 +1,15 @@
 """Datasets (find, download, verify, parse), splits and the device-resident loader."""
 
-from .datasets import DATASETS, ImageSet, get_spec, load_classes, load_split, locate, verify
+from .datasets import DATASETS, ImageSet, channel_stats, get_spec, load_classes, load_split, locate, verify
 from .download import download
 from .loader import DeviceLoader
-from .splits import Splits, make_splits, stratified_indices
+from .folder import read_image, read_image_folder
+from .splits import Splits, make_splits, per_class_indices, stratified_indices
 
 __all__ = [
     "DATASETS",
     "DeviceLoader",
+    "channel_stats",
     "ImageSet",
     "download",
     "get_spec",
@@ -16,6 +18,9 @@ __all__ = [
     "locate",
     "Splits",
     "make_splits",
+    "per_class_indices",
+    "read_image",
+    "read_image_folder",
     "stratified_indices",
     "verify",
 ]

@@ -1,7 +1,8 @@
 """CIFAR-10/100 in the official "python version" layout: find, parse, validate, verify.
 
 A split is held once as a uint8 tensor (N, 3, 32, 32) plus int64 labels; everything
-downstream (splits, loader, evaluation) indexes into it.
+downstream (splits, loader, evaluation) indexes into it. A name may pick a class subset:
+`cifar10:cat,dog` is a 2-class dataset (labels 0, 1 in that order).
 """
 
 from __future__ import annotations
@@ -78,10 +79,26 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def get_spec(name: str) -> DatasetSpec:
+    """The spec of a dataset, or of the dataset a class subset is taken from."""
     try:
-        return DATASETS[name]
+        return DATASETS[name.partition(":")[0]]
     except KeyError:
         raise CifarlabError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}") from None
+
+
+def subset_classes(name: str, classes: list[str]) -> list[int] | None:
+    """Indices (into `classes`) of the classes named after the colon: 'cifar10:cat,dog' → [3, 5];
+    None for a whole dataset."""
+    base, colon, names = name.partition(":")
+    if not colon:
+        return None
+    wanted = [c.strip() for c in names.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in classes]
+    if unknown:
+        raise CifarlabError(f"unknown class(es) {', '.join(map(repr, unknown))} in '{name}'; {base} has: {', '.join(classes)}")
+    if len(set(wanted)) < len(wanted):
+        raise CifarlabError(f"'{name}' names a class twice")
+    return [classes.index(c) for c in wanted]
 
 
 @dataclass
@@ -97,6 +114,13 @@ class ImageSet:
 
     def subset(self, index: torch.Tensor) -> "ImageSet":
         return ImageSet(self.images[index], self.labels[index], self.classes)
+
+    def select_classes(self, picked: list[int]) -> "ImageSet":
+        """The images of the `picked` classes, relabelled 0..len(picked)-1 in that order."""
+        new_label = torch.full((len(self.classes),), -1, dtype=torch.long)
+        new_label[picked] = torch.arange(len(picked))
+        keep = (new_label[self.labels] >= 0).nonzero().flatten()
+        return ImageSet(self.images[keep], new_label[self.labels[keep]], [self.classes[i] for i in picked])
 
 
 def search_roots(data_dir: str | Path | None) -> list[Path]:
@@ -157,7 +181,7 @@ def _read_file(path: Path) -> dict:
     return obj
 
 
-def load_classes(name: str, data_dir: str | Path | None = None, download: bool = True) -> list[str]:
+def _all_classes(name: str, data_dir: str | Path | None, download: bool) -> list[str]:
     spec = get_spec(name)
     folder = locate(name, data_dir, download)
     meta = _read_file(folder / spec.meta_file[0])
@@ -167,12 +191,18 @@ def load_classes(name: str, data_dir: str | Path | None = None, download: bool =
     return classes
 
 
+def load_classes(name: str, data_dir: str | Path | None = None, download: bool = True) -> list[str]:
+    classes = _all_classes(name, data_dir, download)
+    picked = subset_classes(name, classes)
+    return classes if picked is None else [classes[i] for i in picked]
+
+
 def load_split(name: str, split: str, data_dir: str | Path | None = None, download: bool = True) -> ImageSet:
     """Load the 'train' or 'test' split of a dataset as one ImageSet."""
     if split not in ("train", "test"):
         raise CifarlabError(f"unknown split '{split}'; choose 'train' or 'test'")
     spec = get_spec(name)
-    classes = load_classes(name, data_dir, download)
+    classes = _all_classes(name, data_dir, download)
     folder = locate(name, data_dir, download=False)
     files = spec.train_files if split == "train" else spec.test_files
     images, labels = [], []
@@ -189,7 +219,24 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None, downlo
             raise CifarlabError(f"'{path}': labels outside 0..{len(classes) - 1}; the file is corrupt")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(batch_labels)
-    return ImageSet(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)), classes)
+    data = ImageSet(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)), classes)
+    picked = subset_classes(name, classes)
+    return data if picked is None else data.select_classes(picked)
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 5000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (sample) std of uint8 images (N, 3, H, W), on a 0..1 scale. Sums in
+    float64 over chunks, so 50,000 images never exist as one float copy (1.2 GB)."""
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    for part in images.split(chunk):
+        x = part.double() / 255
+        total += x.sum((0, 2, 3))
+        squares += (x * x).sum((0, 2, 3))
+    n = images[:, 0].numel()
+    mean = total / n
+    std = ((squares - n * mean * mean) / (n - 1)).clamp(min=0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:

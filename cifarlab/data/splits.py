@@ -1,4 +1,4 @@
-"""Deterministic, stratified carving of a labelled set (validation split, training subsets)."""
+"""Deterministic, stratified carving of a labelled set (held-out splits, training subsets)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 
 from ..config import DataConfig
 from ..errors import CifarlabError
-from .datasets import ImageSet, get_spec, load_split
+from .datasets import ImageSet, channel_stats, get_spec, load_split
+from .folder import read_image_folder
 
 
 def stratified_indices(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,6 +28,18 @@ def stratified_indices(labels: torch.Tensor, size: int, seed: int) -> tuple[torc
     if shortfall:
         remainder_order = torch.argsort(exact - quota, descending=True, stable=True)
         quota[remainder_order[:shortfall]] += 1
+    return _pick_per_class(labels, quota, seed)
+
+
+def per_class_indices(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick `per_class` indices of every class (all must have that many); return (rest, picked)."""
+    return _pick_per_class(labels, torch.full_like(torch.bincount(labels), per_class), seed)
+
+
+def _pick_per_class(labels: torch.Tensor, quota: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first quota[c] images of each class c in a seeded shuffle; (rest, picked), sorted."""
+    n = len(labels)
+    counts = torch.bincount(labels)
     generator = torch.Generator().manual_seed(seed)
     shuffled = torch.randperm(n, generator=generator)
     by_class = shuffled[torch.argsort(labels[shuffled], stable=True)]  # classes in order, random within
@@ -53,24 +66,60 @@ class Splits:
 
 
 def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
-    """Load a dataset and carve the validation split (and optional training subset) out of train.
+    """Load a dataset and carve what it lacks out of its training images: the test split (an
+    image folder without test/: 10%), the validation split (`val_size`), then the optional
+    training subset or few-labels subset.
 
-    Both carvings use `cfg.split_seed`, not the training seed, so every run of a comparison
-    sees the same validation images; the test set is untouched.
+    Every carving uses `cfg.split_seed`, not the training seed, so every run of a comparison
+    sees the same images in each split; a given test set is untouched. Normalization: the
+    config's, else the dataset's published statistics, else (a folder) its training images'.
     """
-    spec = get_spec(cfg.dataset)
-    full = load_split(cfg.dataset, "train", cfg.data_dir, download)
-    test = load_split(cfg.dataset, "test", cfg.data_dir, download=False)
-    val_size = len(full) // 10 if cfg.val_size is None else cfg.val_size
-    if val_size >= len(full):
-        raise CifarlabError(f"data.val_size={val_size} leaves no training images (the train split has {len(full)})")
-    rest, val_index = stratified_indices(full.labels, val_size, cfg.split_seed)
-    train = full.subset(rest)
+    if cfg.dataset.startswith("folder:"):
+        given = read_image_folder(cfg.dataset.removeprefix("folder:"), cfg.image_size)
+        published = None
+    else:
+        given = {"train": load_split(cfg.dataset, "train", cfg.data_dir, download),
+                 "test": load_split(cfg.dataset, "test", cfg.data_dir, download=False)}  # fmt: skip
+        spec = get_spec(cfg.dataset)
+        published = spec.mean, spec.std
+    full, test = given["train"], given.get("test")
+    if test is None:
+        full, test = _carve(full, len(full) // 10, cfg.split_seed + 2, "test")
+    val = given.get("val")
+    if val is None:
+        val_size = len(full) // 10 if cfg.val_size is None else cfg.val_size
+        if val_size >= len(full):
+            raise CifarlabError(f"data.val_size={val_size} leaves no training images (the train split has {len(full)})")
+        train, val = _carve(full, val_size, cfg.split_seed, "validation") if val_size else (full, None)
+    else:
+        train = full
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train):
             raise CifarlabError(f"train subset {cfg.train_subset} is larger than the {len(train)} training images")
         _, keep = stratified_indices(train.labels, cfg.train_subset, cfg.split_seed + 1)
         train = train.subset(keep)
-    mean = tuple(cfg.mean) if cfg.mean is not None else spec.mean
-    std = tuple(cfg.std) if cfg.std is not None else spec.std
-    return Splits(train, full.subset(val_index) if val_size else None, test, mean, std)
+    if cfg.labels_per_class is not None:
+        train = _few_labels(train, cfg.labels_per_class, cfg.split_seed + 1)
+    mean, std = published or channel_stats(train.images)
+    mean = tuple(cfg.mean) if cfg.mean is not None else mean
+    std = tuple(cfg.std) if cfg.std is not None else std
+    return Splits(train, val, test, mean, std)
+
+
+def _few_labels(train: ImageSet, per_class: int, seed: int) -> ImageSet:
+    counts = torch.bincount(train.labels, minlength=len(train.classes))
+    if counts.min() < per_class:
+        fewest = int(counts.argmin())
+        raise CifarlabError(
+            f"data.labels_per_class={per_class}, but class '{train.classes[fewest]}' has only "
+            f"{int(counts[fewest])} training images (after the held-out splits)"
+        )
+    return train.subset(per_class_indices(train.labels, per_class, seed)[1])
+
+
+def _carve(data: ImageSet, size: int, seed: int, name: str) -> tuple[ImageSet, ImageSet]:
+    """(rest, held out): a stratified split of `size` images."""
+    rest, held_out = stratified_indices(data.labels, size, seed)
+    if len(held_out) == 0:
+        raise CifarlabError(f"{len(data)} images are too few to hold out a {name} split; add more (or a {name} folder)")
+    return data.subset(rest), data.subset(held_out)

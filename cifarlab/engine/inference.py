@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from ..config import from_dict
-from ..data import DeviceLoader, ImageSet, make_splits
+from ..config import Config, from_dict
+from ..data import DeviceLoader, ImageSet, make_splits, read_image
 from ..errors import CifarlabError
-from .checkpoint import load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint
 from .evaluate import metrics_from_logits, predict
 from .runtime import autocast, select_device
 
@@ -37,11 +35,7 @@ def evaluate(
     data = splits.val if split == "val" else splits.test
     if data is None:
         raise CifarlabError("this run was trained with data.val_size=0: it has no validation split")
-    loader = DeviceLoader(
-        data, config.train.eval_batch_size, checkpoint.mean, checkpoint.std, device=dev,
-        channels_last=config.train.channels_last,
-    )  # fmt: skip
-    checkpoint.model.to(memory_format=torch.channels_last if config.train.channels_last else torch.contiguous_format)
+    loader = checkpoint_loader(checkpoint, config, data, dev)
     logits, labels = predict(checkpoint.model, loader, tta, autocast(dev, config.train.precision))
     return {
         "split": split,
@@ -51,23 +45,22 @@ def evaluate(
     }
 
 
-def read_image(path: str | Path, size: int = 32) -> torch.Tensor:
-    """Any image Pillow reads, as uint8 (3, size, size): RGB, resized with antialiasing."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-    except FileNotFoundError:
-        raise CifarlabError(f"image '{path}' does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise CifarlabError(f"cannot read image '{path}': {e}") from None
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+def checkpoint_loader(checkpoint: Checkpoint, config: Config, data: ImageSet, device: torch.device) -> DeviceLoader:
+    """Feed `data` to the checkpoint's model as its run's final test did: same normalization,
+    batch size and memory format (the model is put in that format too), so the logits repeat."""
+    channels_last = config.train.channels_last
+    checkpoint.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return DeviceLoader(data, config.train.eval_batch_size, checkpoint.mean, checkpoint.std, device=device,
+                        channels_last=channels_last)  # fmt: skip
 
 
 def classify_images(source: str | Path, paths: list[str | Path], top_k: int = 5, device: str = "auto") -> list[list[tuple[str, float]]]:
-    """Top-k (class, probability) for each image file, with the checkpoint's normalization."""
-    images = torch.stack([read_image(p) for p in paths])  # read all first: a bad file fails fast
+    """Top-k (class, probability) for each image file, read as the checkpoint's training images
+    were (size, normalization)."""
     dev = select_device(device)
     checkpoint = load_checkpoint(source, dev)
+    size = from_dict(checkpoint.meta["config"]).data.image_size
+    images = torch.stack([read_image(p, size) for p in paths])
     data = ImageSet(images, torch.zeros(len(images), dtype=torch.long), checkpoint.classes)
     loader = DeviceLoader(data, 256, checkpoint.mean, checkpoint.std, device=dev, channels_last=False)
     logits, _ = predict(checkpoint.model, loader)

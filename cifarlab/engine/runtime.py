@@ -56,6 +56,12 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def is_writer() -> bool:
+    """Whether this process writes a run's shared outputs: the only process, or rank 0."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return not distributed or torch.distributed.get_rank() == 0
+
+
 def hardware(device: torch.device | None = None) -> dict:
     """What a figure was measured on: CPU model and threads, GPU if used, library versions."""
     cpu = platform.processor() or platform.machine()

@@ -28,16 +28,17 @@ from ..data import DeviceLoader, Splits, make_splits
 from ..data.policies import make_policy
 from ..errors import CifarlabError
 from ..fileio import write_json, write_text
-from ..models import create_model
+from ..transfer import build_model, with_source
 from .checkpoint import load_weights_into, read_state, read_weights, recover_checkpoint, save_checkpoint
 from .evaluate import format_report, metrics_from_logits, predict
 from .metrics_log import MetricsLog
 from .lookahead import Lookahead
 from .optim import build_optimizers, set_learning_rates
-from .runtime import autocast, configure, hardware, rng_state, seed_everything, select_device, set_rng_state
+from .runtime import autocast, configure, hardware, is_writer, rng_state, seed_everything, select_device, set_rng_state
+from .tensorboard import TensorBoardLogger
 
 # Settings that may differ between a run and its resumption (they do not change the result).
-_RESUME_FREE_KEYS = {("data", "data_dir"), ("train", "out")}
+_RESUME_FREE_KEYS = {("data", "data_dir"), ("train", "out"), ("train", "tensorboard"), ("train", "report")}
 
 
 @dataclass
@@ -81,11 +82,13 @@ class Trainer:
     ):
         c = self.config = config
         self.run_dir, self.splits, self.device, self.verbose = run_dir, splits, device, verbose
-        self.callbacks = list(callbacks)  # objects with on_epoch_end(trainer), called after `last` is saved
+        # objects with any of on_fit_start(trainer) (after a resume's restore), on_log(trainer, record) (each
+        # metrics.jsonl line) and on_epoch_end(trainer) (after `last` is saved)
+        self.callbacks = list(callbacks)
         self.checkpoints = run_dir / "checkpoints"
 
         seed_everything(c.train.seed)
-        model = create_model(c.model.name, num_classes=len(splits.classes), **c.model.options)
+        model = build_model(c, num_classes=len(splits.classes))
         memory_format = torch.channels_last if c.train.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=memory_format)
         loader_args = dict(mean=splits.mean, std=splits.std, device=device, channels_last=c.train.channels_last)
@@ -140,8 +143,9 @@ class Trainer:
         c = self.config.train
         self.clock = time.perf_counter() - self.elapsed
         self.window_clock = time.perf_counter()
-        if self.step == 0:
+        if self.step == 0 and self.config.finetune.source is None:  # a fine-tuned net has its weights
             self.init_from_data()
+        self.notify("on_fit_start")
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=None if self.verbose else True)
         self.bar = bar
         with _StopRequest() as stop, bar:
@@ -163,9 +167,9 @@ class Trainer:
             logits = self.forward(x)
             loss = self.criterion(logits.float(), y)
         loss.backward()
+        set_learning_rates(self.optimizers, self.step, self.total_steps, self.steps_per_epoch, self.config.optim)
         if self.config.optim.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
-        set_learning_rates(self.optimizers, self.step, self.total_steps, self.steps_per_epoch, self.config.optim)
         for optimizer in self.optimizers:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -194,9 +198,9 @@ class Trainer:
             )
 
     def lr(self) -> float:
-        """The lr of the conv filters (of the first group if there are none)."""
+        """The highest lr of the conv filters (of the first group if there are none)."""
         groups = [g for optimizer in self.optimizers for g in optimizer.param_groups]
-        return next((g["lr"] for g in groups if g["role"] == "filters"), groups[0]["lr"])
+        return max((g["lr"] for g in groups if g["role"] == "filters"), default=groups[0]["lr"])
 
     def init_from_data(self) -> None:
         """Let a model set weights from data before the first step (airbench's whitening
@@ -229,7 +233,7 @@ class Trainer:
             "images_per_s": seen / max(now - self.window_clock, 1e-9),
             "elapsed": now - self.clock,
         }
-        self.log.write(record)
+        self.record(record)
         self.bar.set_postfix(
             loss=f"{record['train_loss']:.3f}", acc=f"{record['train_acc']:.1%}", lr=f"{record['lr']:.4g}",
             img_s=f"{record['images_per_s']:.0f}",
@@ -249,7 +253,7 @@ class Trainer:
             val = metrics_from_logits(logits, labels, self.splits.classes)
             record.update(val_loss=val["loss"], val_acc=val["accuracy"])
         record.update(lr=self.lr(), elapsed=time.perf_counter() - self.clock)
-        self.log.write(record)
+        self.record(record)
         if self.verbose:
             text = f"epoch {record['epoch']}/{self.config.train.epochs}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.2%}"
             if val is not None:
@@ -262,8 +266,16 @@ class Trainer:
             self.best_val_accuracy = val["accuracy"]
             save_checkpoint(self.checkpoints / "best", self.eval_model.state_dict(), self.meta(val))
         self.save_last()
+        self.notify("on_epoch_end")
+
+    def record(self, record: dict) -> None:
+        self.log.write(record)
+        self.notify("on_log", record)
+
+    def notify(self, event: str, *args) -> None:
         for callback in self.callbacks:
-            callback.on_epoch_end(self)
+            if hasattr(callback, event):
+                getattr(callback, event)(self, *args)
 
     # ----------------------------------------------------------- checkpoints
     def meta(self, val: dict | None = None) -> dict:
@@ -354,7 +366,7 @@ class Trainer:
             **metrics,
         }
         write_json(self.run_dir / "eval.json", result)
-        self.log.write({"event": "test", "accuracy": metrics["accuracy"], "loss": metrics["loss"], "checkpoint": chosen})
+        self.record({"event": "test", "accuracy": metrics["accuracy"], "loss": metrics["loss"], "checkpoint": chosen})
         if self.verbose:
             print(f"\ntest set ({len(labels)} images, {chosen} checkpoint, tta={c.tta}):")
             print(format_report(metrics, self.splits.classes))
@@ -380,6 +392,8 @@ def train(config: Config | str, resume: bool = False, verbose: bool = True, call
     holds nothing yet); the config must match the saved one.
     """
     config = resolve(config) if isinstance(config, str) else validate(config)
+    if config.finetune.source is not None:
+        config = with_source(config)
     run_dir = Path(config.train.out or f"runs/{config.recipe or 'custom'}")
     config_path = run_dir / "config.yaml"
     if resume and config_path.is_file():
@@ -389,6 +403,8 @@ def train(config: Config | str, resume: bool = False, verbose: bool = True, call
         if (run_dir / "eval.json").is_file():
             if verbose:
                 print(f"run '{run_dir}' is already finished; its test results are in eval.json", file=sys.stderr)
+            if config.train.report and not (run_dir / "report.html").is_file():
+                _write_report(run_dir, config.train.device, verbose)  # it was stopped while writing it
             result = json.loads((run_dir / "eval.json").read_text())
             return Run(run_dir, config, result, result["val_accuracy"])
     elif run_dir.exists() and any(run_dir.iterdir()) and not resume:
@@ -397,6 +413,8 @@ def train(config: Config | str, resume: bool = False, verbose: bool = True, call
     device = select_device(config.train.device)
     configure(config.train.threads, config.train.deterministic)
     splits = make_splits(config.data)
+    if config.train.tensorboard:
+        callbacks = [*callbacks, TensorBoardLogger()]
     trainer = Trainer(config, run_dir, splits, device, verbose, callbacks)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -405,4 +423,23 @@ def train(config: Config | str, resume: bool = False, verbose: bool = True, call
     if resume and trainer.restore() and verbose:
         print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
     trainer.fit()
-    return trainer.finish()
+    run = trainer.finish()
+    if config.train.report:
+        _write_report(run_dir, config.train.device, verbose)
+    return run
+
+
+def _write_report(run_dir: Path, device: str, verbose: bool) -> None:
+    """The report at the end of training is an extra: a failure is printed, and the finished
+    run (eval.json, checkpoints) stays as it is."""
+    if not is_writer():
+        return
+    try:
+        from ..viz.report import write_report  # matplotlib and captum load only when a report is written
+
+        path = write_report(run_dir, device=device)
+    except Exception as e:  # noqa: BLE001 - whatever broke, the trained run must survive it
+        print(f"warning: no report ({type(e).__name__}: {e}); retry with `cifarlab report {run_dir}`", file=sys.stderr)
+        return
+    if verbose:
+        print(f"report: {path}")

@@ -1,7 +1,12 @@
-"""Model registry: `create_model(name, num_classes=...)` over decorated builder functions (as timm)."""
+"""Model registry: `create_model(name, num_classes=...)` over decorated builder functions (as timm).
+
+Names with a namespace (`torchvision:resnet18`, `timm:convnext_nano`) are built by another
+library (see external.py), so a fine-tuned ImageNet net is rebuilt from its name like any other.
+"""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -12,6 +17,20 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..errors import CifarlabError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_NAMESPACES: dict[str, "Namespace"] = {}
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """Models of another library: `check(arch)` raises a CifarlabError for a name it lacks (or
+    when the library is missing); `build(arch, num_classes=..., **options)` makes one."""
+
+    check: Callable[[str], None]
+    build: Callable[..., nn.Module]
+
+
+def register_namespace(prefix: str, namespace: Namespace) -> None:
+    _NAMESPACES[prefix] = namespace
 
 
 def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -29,14 +48,29 @@ def describe_model(name: str) -> str:
 
 
 def _get_builder(name: str) -> Callable[..., nn.Module]:
+    prefix, colon, arch = name.partition(":")
+    if colon:
+        namespace = _NAMESPACES.get(prefix)
+        if namespace is None:
+            raise CifarlabError(f"unknown model namespace '{prefix}:'; known: {', '.join(f'{p}:' for p in _NAMESPACES)}")
+        namespace.check(arch)
+        return functools.partial(namespace.build, arch)
     try:
         return _BUILDERS[name]
     except KeyError:
-        raise CifarlabError(f"unknown model '{name}'; `cifarlab models` lists: {', '.join(list_models())}") from None
+        raise CifarlabError(
+            f"unknown model '{name}'; `cifarlab models` lists: {', '.join(list_models())} "
+            f"(and {', '.join(f'{p}:<name>' for p in _NAMESPACES)})"
+        ) from None
+
+
+def check_model_name(name: str) -> None:
+    """Raise a CifarlabError unless `create_model` can build `name`."""
+    _get_builder(name)
 
 
 def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
-    """Build a registered model with a fresh head for `num_classes` classes."""
+    """Build a model with a fresh head for `num_classes` classes (no pretrained weights)."""
     builder = _get_builder(name)
     try:
         return builder(num_classes=num_classes, **kwargs)

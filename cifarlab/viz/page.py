@@ -1,0 +1,53 @@
+"""Self-contained HTML pages: `string.Template` files from templates/, PNGs inlined as data
+URIs (the page opens offline, mailed or copied alone), every inserted text escaped.
+
+Numbers are emitted as `<td data-key="KEY" data-value="REPR">shown</td>`: the shown text is
+rounded for people, the attribute keeps the exact value for programs (and tests)."""
+
+from __future__ import annotations
+
+import base64
+import string
+from html import escape
+from pathlib import Path
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def render(template: str, **fields: str) -> str:
+    """Fill templates/<template>; every `$name` in it must be given."""
+    page = string.Template((TEMPLATES / template).read_text())
+    return page.substitute(style=(TEMPLATES / "style.css").read_text(), **fields)
+
+
+def image(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}" data-file="{escape(path.name)}">'
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{escape(text)}</p>'
+
+
+def number(key: str, value, shown: str, tag: str = "td", css: str = "num") -> str:
+    """An element showing `shown` that carries the exact `value` for programs."""
+    css = f' class="{css}"' if css else ""
+    return f'<{tag}{css} data-key="{escape(key)}" data-value="{escape(repr(value))}">{escape(shown)}</{tag}>'
+
+
+def table(header: list[str] | None, rows: list[list[str]], numeric_from: int = 1) -> str:
+    """Rows are lists of ready cells (`<td>` elements, e.g. from `number` or `cell`)."""
+    body = "".join(f"<tr>{''.join(row)}</tr>" for row in rows)
+    if header is None:
+        return f"<table><tbody>{body}</tbody></table>"
+    head = "".join(f'<th{" class=num" if i >= numeric_from else ""}>{escape(h)}</th>' for i, h in enumerate(header))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def cell(text) -> str:
+    return f"<td>{escape(str(text))}</td>"
+
+
+def card(label: str, key: str, value, shown: str) -> str:
+    shown = number(key, value, shown, tag="div", css="value")
+    return f'<div class="card"><div class="label">{escape(label)}</div>{shown}</div>'

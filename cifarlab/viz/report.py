@@ -1,0 +1,268 @@
+"""`cifarlab report RUN_DIR`: one self-contained `report.html` for a finished run, with its
+figures as PNGs in `RUN_DIR/figures/`.
+
+Headline numbers come from eval.json unchanged; the pictures that need logits or features
+(predictions, mistakes, Grad-CAM, embedding, calibration) come from the run's checkpoint,
+evaluated again on the test split rebuilt from the run's saved config.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from html import escape
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..config import Config, from_dict
+from ..engine.checkpoint import Checkpoint, load_checkpoint
+from ..engine.metrics_log import read_metrics
+from ..engine.runtime import select_device
+from ..errors import CifarlabError
+from ..fileio import write_text
+from ..models import model_stats
+from . import analysis, page, plots
+from .layers import first_layer_filters
+from .saliency import grad_cam
+
+PREDICTIONS, MISTAKES, SALIENCY_IMAGES, CALIBRATION_BINS = 32, 24, 10, 15
+
+
+def read_result(run_dir: str | Path) -> dict:
+    """A finished run's eval.json, or one CifarlabError saying why there is none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CifarlabError(f"run directory '{run_dir}' does not exist")
+    path = run_dir / "eval.json"
+    if not path.is_file():
+        raise CifarlabError(
+            f"'{run_dir}' has no eval.json: it is not a finished run (continue it with "
+            f"`cifarlab train --out {run_dir} --resume`)"
+        )
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CifarlabError(f"'{path}' is corrupt ({e})") from None
+    if not isinstance(result, dict) or not {"accuracy", "per_class", "confusion_matrix", "checkpoint"} <= result.keys():
+        raise CifarlabError(f"'{path}' is not a cifarlab eval.json (missing keys)")
+    if result["checkpoint"] not in ("best", "last"):
+        raise CifarlabError(f"'{path}' names an unknown checkpoint {result['checkpoint']!r} (expected best or last)")
+    return result
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    try:
+        return read_metrics(path) if path.is_file() else []
+    except json.JSONDecodeError as e:
+        raise CifarlabError(f"'{path}' is corrupt ({e})") from None
+
+
+def write_report(run_dir: str | Path, data_dir: str | None = None, device: str = "auto") -> Path:
+    """Write RUN_DIR/report.html (atomically) and RUN_DIR/figures/*.png; returns the page's path."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    result = read_result(run_dir)
+    records = read_records(run_dir)
+    dev = select_device(device)
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / result["checkpoint"], dev)
+    config = from_dict(checkpoint.meta["config"])
+    config_text = config.to_yaml()  # as the run was trained, before a --data-dir override
+    if data_dir is not None:
+        config.data.data_dir = data_dir
+    predictions = analysis.predict_test_split(checkpoint, config, dev)
+    figures = _Figures(run_dir / "figures")
+    cal = analysis.calibration(predictions.probabilities, predictions.labels, CALIBRATION_BINS)
+    classes = predictions.classes
+
+    fields = dict(
+        title=escape(f"{run_dir.name}: {config.model.name} on {config.data.dataset}"),
+        subtitle=escape(f"{run_dir.resolve()} · {config.train.epochs} epochs · test accuracy "
+                        f"{result['accuracy']:.2%}"),  # fmt: skip
+        cards=_cards(result, cal),
+        checkpoint=escape(result["checkpoint"]),
+        recomputed=escape(_recomputed_note(predictions, result)),
+        curves=_curves(run_dir.name, records, figures),
+        confusion=figures.add("confusion", plots.confusion_matrices(result["confusion_matrix"], classes), "confusion"),
+        per_class_figure=figures.add("per_class", plots.per_class_accuracy(result["per_class"], result["accuracy"]),
+                                     "accuracy per class"),  # fmt: skip
+        per_class_table=_per_class_table(result),
+        confused_table=_confused_table(result, classes),
+        predictions=_predictions(predictions, figures),
+        mistakes=_mistakes(predictions, figures),
+        saliency=_saliency(checkpoint, predictions, figures, dev),
+        filters=_filters(checkpoint, figures),
+        embedding=_embedding(predictions, figures),
+        calibration=figures.add("calibration", plots.reliability_diagram(cal), "reliability diagram"),
+        bins=str(CALIBRATION_BINS),
+        run_table=_run_table(result, checkpoint, config, run_dir),
+        config=escape(config_text),
+    )
+    seconds = time.perf_counter() - started
+    when = datetime.datetime.now().isoformat(timespec="seconds")
+    fields["footer"] = escape(f"cifarlab {__version__} · generated {when} in {seconds:.1f} s on {dev}")
+    path = run_dir / "report.html"
+    write_text(path, page.render("report.html", **fields))
+    return path
+
+
+class _Figures:
+    """Saves each figure as figures/NAME.png and returns its inline <img>."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def add(self, name: str, figure, alt: str) -> str:
+        return page.image(plots.save_png(figure, self.folder / f"{name}.png"), alt)
+
+
+def _curves(name: str, records: list[dict], figures: _Figures) -> str:
+    if not records:
+        return page.note("The run has no metrics.jsonl, so there are no training curves.")
+    return figures.add("curves", plots.training_curves({name: records}), "training curves")
+
+
+def _percent(value: float) -> str:
+    return f"{value:.2%}"
+
+
+def _cards(result: dict, cal: analysis.Calibration) -> str:
+    cards = [page.card("test accuracy", "accuracy", result["accuracy"], _percent(result["accuracy"])),
+             page.card("test loss", "loss", result["loss"], f"{result['loss']:.4f}"),
+             page.card("macro F1", "macro_f1", result["macro_f1"], f"{result['macro_f1']:.4f}")]  # fmt: skip
+    if "top5_accuracy" in result:
+        top5 = result["top5_accuracy"]
+        cards.append(page.card("top-5 accuracy", "top5_accuracy", top5, _percent(top5)))
+    if result.get("val_accuracy") is not None:
+        cards.append(page.card("best validation accuracy", "val_accuracy", result["val_accuracy"],
+                               _percent(result["val_accuracy"])))  # fmt: skip
+    cards.append(page.card("test images", "num_images", result["num_images"], f"{result['num_images']:,}"))
+    cards.append(page.card("calibration error (ECE)", "report/ece", cal.ece, _percent(cal.ece)))
+    return "".join(cards)
+
+
+def _recomputed_note(predictions: analysis.Predictions, result: dict) -> str:
+    accuracy = (predictions.logits.argmax(1) == predictions.labels).double().mean().item()
+    if len(predictions.labels) == result["num_images"] and accuracy == result["accuracy"]:
+        return "The pictures below use predictions recomputed from that checkpoint; they reproduce this accuracy exactly."
+    return (
+        f"Note: predictions recomputed from that checkpoint for the pictures below reach {accuracy:.2%} on "
+        f"{len(predictions.labels):,} images (eval.json: {result['accuracy']:.2%} on {result['num_images']:,}); "
+        f"a different data folder or non-deterministic GPU kernels explain a difference."
+    )
+
+
+def _per_class_table(result: dict) -> str:
+    rows = []
+    for name, c in result["per_class"].items():
+        key = f"per_class/{name}"
+        rows.append([page.cell(name), page.number(f"{key}/accuracy", c["accuracy"], _percent(c["accuracy"])),
+                     page.number(f"{key}/precision", c["precision"], f"{c['precision']:.3f}"),
+                     page.number(f"{key}/recall", c["recall"], f"{c['recall']:.3f}"),
+                     page.number(f"{key}/f1", c["f1"], f"{c['f1']:.3f}"),
+                     page.number(f"{key}/support", c["support"], str(c["support"]))])  # fmt: skip
+    return page.table(["class", "accuracy", "precision", "recall", "F1", "images"], rows)
+
+
+def _confused_table(result: dict, classes: list[str]) -> str:
+    pairs = analysis.most_confused_pairs(result["confusion_matrix"], classes)
+    rows = [[page.cell(p["true"]), page.cell(p["predicted"]),
+             page.number(f"confusion_matrix/{classes.index(p['true'])}/{classes.index(p['predicted'])}", p["count"],
+                         str(p["count"])),
+             page.number(f"report/confused/{i}/share", p["share"], f"{p['share']:.1%}")]
+            for i, p in enumerate(pairs)]  # fmt: skip
+    return page.table(["true class", "taken for", "images", "of the class"], rows, numeric_from=2)
+
+
+def _predictions(predictions: analysis.Predictions, figures: _Figures) -> str:
+    index = torch.arange(min(PREDICTIONS, len(predictions.labels)))
+    confidence, predicted = predictions.probabilities[index].max(1)
+    classes, labels = predictions.classes, predictions.labels[index]
+    titles = [f"{classes[p]} {c:.0%}" + ("" if p == t else f"\n(true: {classes[t]})")
+              for p, c, t in zip(predicted.tolist(), confidence.tolist(), labels.tolist())]  # fmt: skip
+    colors = ["green" if p == t else "red" for p, t in zip(predicted.tolist(), labels.tolist())]
+    return figures.add("predictions", plots.image_grid(predictions.images[index], titles, colors), "test predictions")
+
+
+def _mistakes(predictions: analysis.Predictions, figures: _Figures) -> str:
+    index = analysis.top_loss_mistakes(predictions, MISTAKES)
+    if len(index) == 0:
+        return page.note("The model classified every test image correctly: there are no mistakes to show.")
+    confidence, predicted = predictions.probabilities[index].max(1)
+    classes = predictions.classes
+    titles = [f"{classes[p]} {c:.0%}\ntrue: {classes[t]}"
+              for p, c, t in zip(predicted.tolist(), confidence.tolist(), predictions.labels[index].tolist())]  # fmt: skip
+    grid = plots.image_grid(predictions.images[index], titles, ["red"] * len(index))
+    return figures.add("mistakes", grid, "top-loss mistakes")
+
+
+def _saliency(checkpoint: Checkpoint, predictions: analysis.Predictions, figures: _Figures, device) -> str:
+    index = analysis.one_per_class(predictions.labels, SALIENCY_IMAGES)
+    images = predictions.images[index]
+    predicted = predictions.logits[index].argmax(1)
+    try:
+        cam = grad_cam(checkpoint.model, predictions.loader.transform(images.to(device), None), predicted.to(device))
+    except CifarlabError as e:
+        return page.note(str(e))
+    classes, confidence = predictions.classes, predictions.probabilities[index].max(1).values
+    titles = [f"{classes[t]}\n→ {classes[p]} {c:.0%}"
+              for t, p, c in zip(predictions.labels[index].tolist(), predicted.tolist(), confidence.tolist())]  # fmt: skip
+    figure = figures.add("gradcam", plots.saliency_grid(images, cam.maps, titles), "Grad-CAM overlays")
+    return figure + (
+        f'<p class="caption">The first test image of {len(index)} classes (true class, then → predicted class '
+        f"and probability). Below each, Grad-CAM for the predicted class from layer <code>{escape(cam.layer)}</code>: "
+        "red marks the regions whose features raised that class's score most. Maps are as coarse as that layer "
+        "(upsampled bilinearly to 32×32).</p>"
+    )
+
+
+def _filters(checkpoint: Checkpoint, figures: _Figures) -> str:
+    filters = first_layer_filters(checkpoint.model)
+    if filters is None:
+        return page.note("This model has no convolution on the RGB input, so there are no first-layer filters to show.")
+    return figures.add("filters", plots.filter_grid(filters), "first-layer filters") + (
+        '<p class="caption">The weights of the first convolution on the RGB input, each filter stretched to its own '
+        "range so that its pattern shows whatever its size. Trained nets show edge, colour and colour-opponent "
+        "detectors; noise means the layer has barely moved from its initialization.</p>"
+    )
+
+
+def _embedding(predictions: analysis.Predictions, figures: _Figures) -> str:
+    if predictions.features is None:
+        return page.note("This model has no nn.Linear classifier layer, so there are no penultimate features to embed.")
+    points, labels = analysis.embeddings(predictions.features, predictions.labels)
+    figure = figures.add("embedding", plots.embedding_scatter(points, labels, predictions.classes), "embedding")
+    n, dims = len(labels), predictions.features.shape[1]
+    return figure + (
+        f'<p class="caption">The {dims}-dimensional input of the classifier layer for a stratified sample of {n:,} '
+        f"test images, coloured by true class. PCA keeps the two directions of largest variance; t-SNE keeps "
+        f"neighbourhoods (distances between clusters mean little). t-SNE is cheap here because the sample is capped "
+        f"at {analysis.TSNE_POINTS:,} points, which keeps it to seconds on a CPU.</p>"
+    )
+
+
+def _run_table(result: dict, checkpoint: Checkpoint, config: Config, run_dir: Path) -> str:
+    stats = model_stats(checkpoint.model)
+    hardware = result.get("hardware", {})
+    rows = [
+        [page.cell("model"), page.cell(f"{config.model.name} {config.model.options or ''}".strip())],
+        [page.cell("parameters"), page.number("report/params", stats.params, f"{stats.params:,}", css="")],
+        [page.cell("MFLOPs per image"), page.number("report/mflops", stats.mflops, f"{stats.mflops:,.1f}", css="")],
+        [page.cell("dataset"), page.cell(config.data.dataset)],
+        [page.cell("epochs × batch size"), page.cell(f"{config.train.epochs} × {config.train.batch_size}")],
+        [page.cell("optimizer"), page.cell(f"{config.optim.name}, lr {config.optim.lr}, {config.optim.schedule}")],
+        [page.cell("training time (s)"),
+         page.number("train_seconds", result["train_seconds"], f"{result['train_seconds']:,.1f}", css="")],
+        [page.cell("test evaluation time (s)"),
+         page.number("eval_seconds", result["eval_seconds"], f"{result['eval_seconds']:,.2f}", css="")],
+        [page.cell("device"), page.cell(result.get("device", "?"))],
+        [page.cell("hardware"), page.cell(", ".join(f"{k} {v}" for k, v in hardware.items()))],
+        [page.cell("checkpoint"), page.cell(f"{result['checkpoint']} (test-time augmentation: {result.get('tta')})")],
+        [page.cell("versions"), page.cell(", ".join(f"{k} {v}" for k, v in checkpoint.meta.get("versions", {}).items()))],
+        [page.cell("run directory"), page.cell(run_dir.resolve())],
+    ]
+    return page.table(None, rows)
+
