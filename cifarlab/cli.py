@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--url", help="a mirror of the official archive (still md5-checked)")
     download.add_argument("--md5", help="expected md5 of the archive at --url (default: the official one)")
 
-    commands.add_parser("models", help="registered models: parameters and MFLOPs per image")
+    models = commands.add_parser("models", help="registered models: parameters and MFLOPs per image")
+    models.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
+    models.add_argument("--measure", action="store_true", help="also measure CPU train and inference images/s here")
     commands.add_parser("recipes", help="named training recipes and what they reach")
 
     train = commands.add_parser("train", help="train a model and test it once at the end")
@@ -141,15 +143,29 @@ def _data(args) -> None:
         print(f"  classes: {', '.join(data.classes)}")
 
 
-def _models() -> None:
-    from .models import create_model, describe_model, list_models, model_stats
+def _models(args) -> None:
+    import torch
 
-    print(f"{'model':<12} {'params':>11} {'MFLOPs':>9}  description")
-    for name in list_models():
-        stats = model_stats(create_model(name))
-        print(f"{name:<12} {stats.params:>11,} {stats.mflops:>9.1f}  {describe_model(name)}")
+    from .models import check_model_name, create_model, describe_model, list_models, model_stats
+    from .models.measure import measure_throughput
+
+    names = args.names or list_models()
+    for name in names:
+        check_model_name(name)  # an unknown name fails here, before any measuring
+    speed_header = f" {'train img/s':>11} {'infer img/s':>11}" if args.measure else ""
+    print(f"{'model':<19} {'params':>11} {'MFLOPs':>9}{speed_header}  description")
+    for name in names:
+        stats = model_stats(name)
+        speed = ""
+        if args.measure:
+            throughput = measure_throughput(create_model(name))
+            speed = f" {throughput.train:>11.1f} {throughput.infer:>11.1f}"
+        print(f"{name:<19} {stats.params:>11,} {stats.mflops:>9.1f}{speed}  {describe_model(name)}", flush=True)
     print("MFLOPs: forward pass of one 32×32 image, counted by torch.utils.flop_counter (multiply-add = 2).")
     print("Also: torchvision:<name> and timm:<name> (if installed) build those libraries' nets, e.g. for `cifarlab finetune`.")
+    if args.measure:
+        print(f"img/s: this CPU, {torch.get_num_threads()} threads, fp32, channels_last, batch 64; train = forward, "
+              "backward and SGD step.")
 
 
 def _recipes() -> None:
@@ -241,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "data":
             _data(args)
         elif args.command == "models":
-            _models()
+            _models(args)
         elif args.command == "recipes":
             _recipes()
         elif args.command == "train":

@@ -40,6 +40,12 @@ class AugmentConfig:
     padding_mode: str = "reflect"  # reflect | zeros (black, as torchvision's RandomCrop)
     flip: str = "random"  # none | random | alternating (airbench: each image flips every other epoch)
     cutout: int = 0  # side of a zeroed square per image; 0 = off
+    policy: str = "none"  # none | autoaugment (CIFAR-10 policy) | randaugment | trivialaugment | augmix; drawn per image
+    randaugment_ops: int = 2  # RandAugment: ops per image (N)
+    randaugment_magnitude: int = 9  # RandAugment: magnitude bin of 0..30 (M)
+    random_erasing: float = 0.0  # probability per image of zeroing a random rectangle (Zhong et al. 2020); 0 = off
+    mixup_alpha: float = 0.0  # Mixup: blend with a partner image by λ ~ Beta(α, α), soft targets; 0 = off
+    cutmix_alpha: float = 0.0  # CutMix: paste a box of (1-λ) of a partner image; with Mixup, half the images each
 
 
 @dataclass
@@ -128,6 +134,7 @@ CIFAR_DATASETS = ("cifar10", "cifar100", "cifar100-coarse")
 _CHOICES = {
     "augment.padding_mode": ("reflect", "zeros"),
     "augment.flip": ("none", "random", "alternating"),
+    "augment.policy": ("none", "autoaugment", "randaugment", "trivialaugment", "augmix"),
     "optim.name": ("sgd", "adam", "adamw"),
     "optim.schedule": ("constant", "step", "cosine", "linear"),
     "train.precision": ("auto", "fp32", "bf16"),
@@ -135,13 +142,13 @@ _CHOICES = {
     "finetune.strategy": ("linear", "full", "gradual"),
 }
 _NON_NEGATIVE = (
-    "data.val_size", "augment.translate", "augment.cutout", "optim.lr", "optim.momentum", "optim.weight_decay",
-    "optim.warmup_epochs", "optim.gamma", "optim.final_lr_factor", "optim.grad_clip", "train.threads",
-    "train.log_every", "train.checkpoint_every", "train.checkpoint_epochs", "optim.lookahead_every", "optim.lookahead_start_epoch",
-    "finetune.unfreeze_every",
+    "data.val_size", "augment.translate", "augment.cutout", "augment.mixup_alpha", "augment.cutmix_alpha", "optim.lr",
+    "optim.momentum", "optim.weight_decay", "optim.warmup_epochs", "optim.gamma", "optim.final_lr_factor",
+    "optim.grad_clip", "train.threads", "train.log_every", "train.checkpoint_every", "train.checkpoint_epochs",
+    "optim.lookahead_every", "optim.lookahead_start_epoch", "finetune.unfreeze_every",
 )  # fmt: skip
 _POSITIVE = ("data.train_subset", "data.labels_per_class", "data.image_size", "train.epochs", "train.batch_size",
-             "train.eval_batch_size", "finetune.input_size")  # fmt: skip
+             "train.eval_batch_size", "finetune.input_size", "augment.randaugment_ops")  # fmt: skip
 
 
 def validate(config: Config) -> Config:
@@ -158,6 +165,9 @@ def validate(config: Config) -> Config:
                        ("optim.lookahead_decay", 1.0)):  # fmt: skip
         if not 0 <= flat[key] < limit:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [0, {limit})")
+    for key, low, high in (("augment.random_erasing", 0, 1), ("augment.randaugment_magnitude", 0, 30)):
+        if not low <= flat[key] <= high:
+            raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [{low}, {high}]")
     for key in ("data.mean", "data.std"):
         if flat[key] is not None and (len(flat[key]) != 3 or (key == "data.std" and min(flat[key]) <= 0)):
             raise CifarlabError(f"{key} must be three numbers (one per RGB channel){', all > 0' * (key == 'data.std')}")

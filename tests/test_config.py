@@ -1,7 +1,8 @@
 import pytest
 
-from cifarlab.config import Config, from_dict, list_recipes, load_recipe, parse_assignment, resolve
+from cifarlab.config import DEVICE_TYPES, Config, from_dict, list_recipes, load_recipe, parse_assignment, resolve, validate
 from cifarlab.errors import CifarlabError
+from cifarlab.models import list_models, registry
 
 
 def test_recipes_are_listed_and_valid():
@@ -9,7 +10,16 @@ def test_recipes_are_listed_and_valid():
     assert {"tutorial", "resnet18", "resnet20"} <= set(recipes)
     for name in recipes:
         assert load_recipe(name).recipe == name
+        for device in DEVICE_TYPES:
+            validate(load_recipe(name, device))
         assert recipes[name]  # every recipe describes itself
+
+
+def test_every_model_family_has_a_recipe():
+    modules = {registry._get_builder(name).__module__ for name in list_models()}
+    families = {module for module in modules if module.startswith("cifarlab.")}  # not test-only models
+    with_recipe = {registry._get_builder(load_recipe(name).model.name).__module__ for name in list_recipes()}
+    assert families == with_recipe
 
 
 def test_tutorial_is_the_seed_recipe():
@@ -50,6 +60,11 @@ def test_round_trip_through_yaml():
         ("data.mean=[0.5]", "data.mean must be three numbers"),
         ("model.name=resnet9000", "unknown model 'resnet9000'"),
         ("train.device=tpu", "train.device='tpu' is not allowed"),
+        ("augment.policy=autoaug", "augment.policy='autoaug' is not allowed; choose one of: none, autoaugment, randaugment"),
+        ("augment.random_erasing=1.5", "augment.random_erasing=1.5 is out of range; it must be in [0, 1]"),
+        ("augment.randaugment_magnitude=31", "augment.randaugment_magnitude=31 is out of range; it must be in [0, 30]"),
+        ("augment.randaugment_ops=0", "augment.randaugment_ops=0 is out of range; it must be > 0"),
+        ("augment.mixup_alpha=-1", "augment.mixup_alpha=-1.0 is out of range; it must be >= 0"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_named(assignment, message):

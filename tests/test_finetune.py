@@ -1,6 +1,7 @@
 """Fine-tuning: head surgery, strategies (frozen, per-layer lrs, held layers), sources
 (cifarlab checkpoints, torchvision weights files), targets (class subsets, image folders)."""
 
+import functools
 import json
 import os
 import pickle
@@ -23,7 +24,7 @@ from cifarlab.errors import CifarlabError
 from cifarlab.models import create_model, list_models
 from cifarlab.models.external import ResizeInputs
 from cifarlab.transfer import build_model, with_source
-from cifarlab.transfer.surgery import fresh_keys, load_source
+from cifarlab.transfer.surgery import fresh_keys, layers, load_source
 from conftest import write_source_checkpoint
 
 
@@ -55,6 +56,42 @@ def test_head_surgery_keeps_every_weight_but_the_head(name, options):
         assert torch.equal(v, initial[k] if k in fresh else weights[k]), k
     model.eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def record_first_call(calls: dict[str, int], name: str, module, args) -> None:
+    calls.setdefault(name, len(calls))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_layers_follow_the_forward_pass_from_stem_to_head(name):
+    """Layer-wise lrs and gradual unfreezing count layers from the head down, so `layers` must
+    list every parameter once, in the order the forward pass reaches them, the head last: each
+    parameter is timed by the first call of the module that holds it (on the meta device)."""
+    with torch.device("meta"):
+        model = create_model(name).eval()
+    first_call, owner = {}, {}
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            owner[f"{module_name}.{param_name}".lstrip(".")] = module_name
+        module.register_forward_pre_hook(functools.partial(record_first_call, first_call, module_name))
+    model(torch.zeros(1, 3, 32, 32, device="meta"))
+    order = layers(model)
+    assert sorted(n for layer in order for n in layer) == sorted(owner)  # every parameter, once
+    def time(module_name: str) -> int:  # a module used through its parent's call (MHA's out_proj): the parent's
+        while module_name not in first_call:
+            module_name = module_name.rpartition(".")[0]
+        return first_call[module_name]
+
+    times = [[time(owner[n]) for n in layer] for layer in order]
+    assert all(max(a) < min(b) for a, b in zip(times, times[1:])), order
+    head = {k for k in fresh_keys(model, 10, name, {}) if k in owner}
+    assert set(order[-1]) == head and len(order) >= 4
+
+
+def test_vit_blocks_are_layers_of_their_own():
+    order = layers(create_model("vit_lite_7_4"))
+    blocks = [layer for layer in order if layer[0].startswith("encoder.layers.")]
+    assert len(blocks) == 7 and all(len({n.split(".")[2] for n in layer if n.startswith("encoder.layers.")}) == 1 for layer in blocks)
 
 
 # --------------------------------------------------------------------------------- strategies

@@ -1,14 +1,16 @@
-"""Batched augmentation: every image of a batch gets its own random crop, flip and cutout,
-applied in one gather on the model's device (no per-sample Python).
+"""Batched augmentation: every image of a batch gets its own random crop, flip, cutout and
+random erasing, applied in one gather or mask on the model's device (no per-sample Python).
+Policies (AutoAugment and the like) are in policies.py, Mixup and CutMix in mixing.py.
 
-Random draws are made once per epoch for every position of the epoch (a few ints per image)
-from a generator keyed by (seed, epoch). So a batch's augmentation depends only on the seed,
-the epoch and the batch index: a run resumed mid-epoch, or an epoch split across ranks,
+Random draws are made once per epoch for every position of the epoch (a few numbers per image)
+from generators keyed by (seed, stream, epoch). So a batch's augmentation depends only on the
+seed, the epoch and the batch index: a run resumed mid-epoch, or an epoch split across ranks,
 sees exactly the same images.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,21 +23,32 @@ def keyed_generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def keyed_numpy_generator(*key: int) -> np.random.Generator:
+    """The numpy counterpart of keyed_generator, for distributions torch cannot seed (Beta)."""
+    return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+
+
 @dataclass
 class AugmentParams:
-    """Per-image random choices for a run of positions (all int64/bool tensors of length n)."""
+    """Per-image random choices for a run of positions (tensors whose first dimension is n);
+    the optional ones are None when their augmentation is off."""
 
     dx: torch.Tensor  # horizontal shift in pixels, in [-translate, translate]
     dy: torch.Tensor
     flip: torch.Tensor  # bool: mirror left-right
     cut_x: torch.Tensor  # cutout square centre (ignored when cutout is 0)
     cut_y: torch.Tensor
+    policy: torch.Tensor | None = None  # (n, k) the policy's plan per image (policies.py)
+    erase: torch.Tensor | None = None  # (n, 4) erased box: top, left, height, width (height 0: none)
+    partner: torch.Tensor | None = None  # Mixup/CutMix partner: another position of the epoch
+    mix_weight: torch.Tensor | None = None  # blend weight of the image itself outside mix_box
+    mix_box: torch.Tensor | None = None  # (n, 4) box pasted from the partner (CutMix)
 
     def __getitem__(self, index) -> "AugmentParams":
-        return AugmentParams(*(t[index] for t in self.__dict__.values()))
+        return AugmentParams(*(None if t is None else t[index] for t in self.__dict__.values()))
 
     def to(self, device) -> "AugmentParams":
-        return AugmentParams(*(t.to(device) for t in self.__dict__.values()))
+        return AugmentParams(*(None if t is None else t.to(device) for t in self.__dict__.values()))
 
 
 def draw_params(
@@ -92,20 +105,46 @@ def crop_flip(images: torch.Tensor, params: AugmentParams, padding_mode: str) ->
     return out.permute(0, 3, 1, 2)
 
 
+def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H, W) bool, True inside each image's box (top, left, height, width), clipped at the border."""
+    top, left, box_h, box_w = boxes.unbind(1)
+    ys = torch.arange(height, device=boxes.device)[None, :]
+    xs = torch.arange(width, device=boxes.device)[None, :]
+    rows = (ys >= top[:, None]) & (ys < (top + box_h)[:, None])
+    cols = (xs >= left[:, None]) & (xs < (left + box_w)[:, None])
+    return rows[:, :, None] & cols[:, None, :]
+
+
 def cutout(x: torch.Tensor, params: AugmentParams, size: int) -> torch.Tensor:
     """Zero a size×size square (clipped at the border) centred at (cut_x, cut_y) in each image.
 
     Applied after normalization, so the square holds the dataset mean (DeVries & Taylor, 2017).
     """
-    h, w = x.shape[-2:]
-    top = params.cut_y - size // 2
-    left = params.cut_x - size // 2
-    ys = torch.arange(h, device=x.device)[None, :]
-    xs = torch.arange(w, device=x.device)[None, :]
-    in_rows = (ys >= top[:, None]) & (ys < top[:, None] + size)
-    in_cols = (xs >= left[:, None]) & (xs < left[:, None] + size)
-    keep = ~(in_rows[:, :, None] & in_cols[:, None, :])
-    return x * keep[:, None].to(x.dtype)
+    side = torch.full_like(params.cut_x, size)
+    return erase(x, torch.stack([params.cut_y - size // 2, params.cut_x - size // 2, side, side], 1))
+
+
+def draw_erasing(n: int, probability: float, generator: torch.Generator, image_size: int = 32,
+                 attempts: int = 10) -> torch.Tensor:  # fmt: skip
+    """Random erasing boxes (Zhong et al. 2020, torchvision's RandomErasing defaults): with
+    `probability`, a box of 2–33% of the image with aspect ratio 0.3–3.3 (log-uniform); like
+    torchvision, up to `attempts` draws until one fits, else nothing is erased."""
+    area = image_size**2 * torch.empty(n, attempts).uniform_(0.02, 0.33, generator=generator)
+    ratio = torch.exp(torch.empty(n, attempts).uniform_(math.log(0.3), math.log(3.3), generator=generator))
+    heights, widths = (area * ratio).sqrt().round().long(), (area / ratio).sqrt().round().long()
+    fits = (heights < image_size) & (widths < image_size)
+    first = fits.long().argmax(1, keepdim=True)  # the first attempt that fits
+    erased = (torch.rand(n, generator=generator) < probability) & fits.any(1)
+    height = heights.gather(1, first).squeeze(1) * erased
+    width = widths.gather(1, first).squeeze(1) * erased
+    top = (torch.rand(n, generator=generator) * (image_size - height + 1)).long()
+    left = (torch.rand(n, generator=generator) * (image_size - width + 1)).long()
+    return torch.stack([top, left, height, width], 1)
+
+
+def erase(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Zero each image's box; after normalization, as torchvision's RandomErasing(value=0)."""
+    return x * ~box_mask(boxes, *x.shape[-2:])[:, None]
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

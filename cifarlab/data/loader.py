@@ -13,15 +13,21 @@ from typing import Iterator
 
 import torch
 
-from .augment import AugmentParams, crop_flip, cutout, draw_params, keyed_generator, normalize
+from .augment import (
+    AugmentParams, crop_flip, cutout, draw_erasing, draw_params, erase, keyed_generator, keyed_numpy_generator, normalize,
+)  # fmt: skip
 from .datasets import ImageSet
+from .mixing import draw_mixing, mix
+from .policies import Policy
 
-# Stream ids mixed into the (seed, ...) keys, so each random use has its own stream.
-_EPOCH_STREAM, _FLIP_STREAM = 1, 2
+# Stream ids mixed into the (seed, ...) keys, so each random use has its own stream (turning
+# one augmentation on does not change the draws of another).
+_EPOCH_STREAM, _FLIP_STREAM, _POLICY_STREAM, _ERASE_STREAM, _MIX_STREAM = 1, 2, 3, 4, 5
 
 
 class DeviceLoader:
-    """Yields normalized float batches (x, y) on `device`.
+    """Yields normalized float batches (x, y) on `device`; y holds class indices, or soft
+    targets (B, classes) when Mixup or CutMix is on.
 
     An epoch's order and augmentation depend only on (seed, epoch): `epoch(e, start_batch=k)`
     resumes exactly where an interrupted run left off. With world_size > 1 each rank takes
@@ -40,6 +46,10 @@ class DeviceLoader:
         padding_mode: str = "reflect",
         flip: str = "none",
         cutout_size: int = 0,
+        policy: Policy | None = None,
+        random_erasing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
         shuffle: bool = False,
         drop_last: bool = False,
         seed: int = 0,
@@ -54,12 +64,18 @@ class DeviceLoader:
         self.labels = data.labels.to(device)
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
         self.translate, self.padding_mode, self.flip, self.cutout_size = translate, padding_mode, flip, cutout_size
+        self.policy, self.random_erasing = policy, random_erasing
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.channels_last, self.rank, self.world_size = channels_last, rank, world_size
+        self.num_classes = len(data.classes)
         self.mean = torch.tensor(mean, device=device)
         self.std = torch.tensor(std, device=device)
         n = len(self.labels)
         self.flip_base = torch.rand(n, generator=keyed_generator(seed, _FLIP_STREAM)) < 0.5
-        self.augments = translate > 0 or flip != "none" or cutout_size > 0
+        self.mixes = mixup_alpha > 0 or cutmix_alpha > 0
+        self.augments = (
+            translate > 0 or flip != "none" or cutout_size > 0 or policy is not None or random_erasing > 0 or self.mixes
+        )
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -72,9 +88,16 @@ class DeviceLoader:
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         if not self.augments:
             return order, None
-        params = draw_params(
-            n, self.translate, self.flip, generator, self.flip_base[order], epoch, self.images.shape[-1]
-        )
+        size = self.images.shape[-1]
+        params = draw_params(n, self.translate, self.flip, generator, self.flip_base[order], epoch, size)
+        if self.policy is not None:
+            params.policy = self.policy.draw(n, keyed_generator(self.seed, _POLICY_STREAM, epoch))
+        if self.random_erasing > 0:
+            params.erase = draw_erasing(n, self.random_erasing, keyed_generator(self.seed, _ERASE_STREAM, epoch), size)
+        if self.mixes:
+            rng = keyed_numpy_generator(self.seed, _MIX_STREAM, epoch)
+            mixing = draw_mixing(n, self.mixup_alpha, self.cutmix_alpha, rng, size)
+            params.partner, params.mix_weight, params.mix_box = mixing
         return order, params
 
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -87,12 +110,27 @@ class DeviceLoader:
             start = b * self.batch_size + self.rank * shard
             stop = min(start + shard, (b + 1) * self.batch_size, len(order))
             index = order[start:stop]
-            yield self.transform(self.images[index], params[start:stop] if params is not None else None), self.labels[index]
+            batch_params = params[start:stop] if params is not None else None
+            x, y = self.transform(self.images[index], batch_params), self.labels[index]
+            if self.mixes:
+                partner = batch_params.partner
+                partner_x = self.transform(self.images[order[partner]], params[partner])
+                x, y = mix(x, partner_x, y, self.labels[order[partner]], batch_params.mix_weight, batch_params.mix_box,
+                           self.num_classes)  # fmt: skip
+            yield self._layout(x), y
 
     def transform(self, images: torch.Tensor, params: AugmentParams | None) -> torch.Tensor:
+        """One image per row: crop and flip, the policy (on uint8), normalize, cutout, erasing."""
         if params is not None and (self.translate > 0 or self.flip != "none"):
             images = crop_flip(images, params, self.padding_mode)
+        if params is not None and params.policy is not None:
+            images = self.policy.apply(images, params.policy)
         x = normalize(images, self.mean, self.std)
         if params is not None and self.cutout_size > 0:
             x = cutout(x, params, self.cutout_size)
+        if params is not None and params.erase is not None:
+            x = erase(x, params.erase)
+        return self._layout(x)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)

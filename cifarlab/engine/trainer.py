@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import Config, from_dict, read_yaml, resolve, validate
 from ..data import DeviceLoader, Splits, make_splits
+from ..data.policies import make_policy
 from ..errors import CifarlabError
 from ..fileio import write_json, write_text
 from ..transfer import build_model, with_source
@@ -108,8 +109,9 @@ class Trainer:
         a = c.augment
         self.train_loader = DeviceLoader(
             splits.train, c.train.batch_size, translate=a.translate, padding_mode=a.padding_mode, flip=a.flip,
-            cutout_size=a.cutout, shuffle=True, drop_last=True, seed=c.train.seed, rank=distributed.rank(),
-            world_size=world, **loader_args,
+            cutout_size=a.cutout, policy=make_policy(a.policy, a.randaugment_ops, a.randaugment_magnitude),
+            random_erasing=a.random_erasing, mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha, shuffle=True,
+            drop_last=True, seed=c.train.seed, rank=distributed.rank(), world_size=world, **loader_args,
         )  # fmt: skip
         if len(self.train_loader) == 0:
             raise CifarlabError(
@@ -140,6 +142,7 @@ class Trainer:
         self.forward = distributed.wrap(self.model, device)
         if c.train.compile:
             self.forward = torch.compile(self.forward)
+        # takes class indices or the loader's Mixup/CutMix soft targets; smoothing mixes either with uniform
         self.criterion = nn.CrossEntropyLoss(label_smoothing=c.optim.label_smoothing)
         self.log = MetricsLog(run_dir / "metrics.jsonl")
 
@@ -198,7 +201,9 @@ class Trainer:
             self.ema.update_parameters(self.model)
         loss = loss.detach()
         self.nonfinite |= ~torch.isfinite(loss)
-        sums = torch.stack([loss.double() * len(y), (logits.argmax(1) == y).sum().double(), loss.new_tensor(len(y), dtype=torch.float64)])
+        classes = y if y.ndim == 1 else y.argmax(1)  # mixed targets count as their larger part
+        correct = (logits.argmax(1) == classes).sum().double()
+        sums = torch.stack([loss.double() * len(y), correct, loss.new_tensor(len(y), dtype=torch.float64)])
         self.epoch_sums += sums
         self.window_sums += sums
         self.batch += 1

@@ -1,6 +1,8 @@
 """Model families and the registry; importing a family module registers its models."""
 
-from . import airbench, classic, resnet  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    airbench, classic, convmixer, densenet, efficientnet, mobilenet, resnet, shufflenet, vgg, vit, wide_resnet,
+)
 from . import external  # noqa: F401  (the torchvision: and timm: namespaces)
 from .registry import ModelStats, check_model_name, create_model, describe_model, list_models, model_stats
 from .registry import register_model

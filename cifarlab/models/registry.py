@@ -74,7 +74,7 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     builder = _get_builder(name)
     try:
         return builder(num_classes=num_classes, **kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # an unknown option, or a value out of range (e.g. dropout 1.5)
         raise CifarlabError(f"bad options for model '{name}': {e}") from None
 
 
@@ -84,8 +84,13 @@ class ModelStats:
     mflops: float  # forward pass of one 32×32 image, in millions of FLOPs (a multiply-add = 2)
 
 
-def model_stats(model: nn.Module, image_size: int = 32) -> ModelStats:
-    """Parameter count and FLOPs per image, counted by torch.utils.flop_counter."""
+def model_stats(model: nn.Module | str, image_size: int = 32) -> ModelStats:
+    """Parameter count and FLOPs per image, counted by torch.utils.flop_counter. A name is
+    built on the meta device: shapes only, no memory and no initialization, so counting all
+    the registered models takes seconds, not the minutes that building them for real would."""
+    if isinstance(model, str):
+        with torch.device("meta"):
+            model = create_model(model)
     params = sum(p.numel() for p in model.parameters())
     was_training = model.training
     model.eval()

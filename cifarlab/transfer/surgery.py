@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.models.vision_transformer import Encoder
 
 from ..config import FinetuneConfig
 from ..engine.checkpoint import load_weights_into
 from ..models import create_model
 
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+# Modules whose children are layers. torchvision's ViT encoder (position embedding, a stack of
+# blocks, a final norm) is one: as a single layer, its blocks would share one lr and unfreeze at once.
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, Encoder)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -40,8 +43,8 @@ def load_source(model: nn.Module, weights: dict[str, torch.Tensor], fresh: set[s
 def layers(model: nn.Module) -> list[list[str]]:
     """Parameter names in depth order, one list per layer, input side first.
 
-    A layer is a child of a container (Sequential, ModuleList, ModuleDict or the model itself)
-    that holds parameters; containers are opened recursively, anything else (a conv, a
+    A layer is a child of a container (Sequential, ModuleList, ModuleDict, ViT's encoder or the
+    model itself) that holds parameters; containers are opened recursively, anything else (a conv, a
     residual block) is one layer, and a norm layer joins the layer before it. This follows
     the registration order of the modules, which is the depth order of every net here.
     """
