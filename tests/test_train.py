@@ -154,7 +154,7 @@ def test_cli_error_paths(synthetic_root, tmp_path, capsys):
         (["train", "--lr", "-1"], "optim.lr=-1.0 is out of range"),
         (["train", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")], "does not exist"),
         (["eval", str(tmp_path / "no-run")], "does not exist"),
-        (["predict", str(tmp_path), "x.png"], "does not exist"),
+        (["predict", str(tmp_path), "x.png"], "is neither a run directory nor a checkpoint folder"),
         (["data", "info", "--dataset", "mnist", "--data-dir", str(synthetic_root)], "unknown dataset 'mnist'"),
     ]
     for argv, message in cases:
