@@ -24,7 +24,7 @@ from pathlib import Path
 
 import cifarlab
 from cifarlab.config import from_dict
-from cifarlab.engine.checkpoint import load_checkpoint
+from cifarlab.engine.checkpoint import find_checkpoint, read_meta
 from cifarlab.engine.runtime import hardware
 
 MODES = ("scratch", "linear", "full")
@@ -36,7 +36,7 @@ def run_mode(mode: str, source: str, target: str, epochs: int, seed: int, data_d
     if data_dir:
         common.append(f"data.data_dir={data_dir}")
     if mode == "scratch":
-        source_config = from_dict(load_checkpoint(source, "cpu").meta["config"])
+        source_config = from_dict(read_meta(find_checkpoint(source))["config"])  # the config alone, no weights
         flags = {"model": {"name": source_config.model.name, "options": source_config.model.options},
                  "data": {"dataset": target}}  # fmt: skip
         config = cifarlab.resolve_config(source_config.recipe, flags=flags, sets=common)
