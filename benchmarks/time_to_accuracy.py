@@ -177,18 +177,18 @@ def main() -> None:
             if args.results:
                 with open(args.results, "a") as f:
                     f.write(json.dumps({**result, "hardware": hardware()}) + "\n")
-    same_seed_as_baseline = results[0]  # the ratio compares the seed run in this process
+    runs = results  # with --results: every seed on file, those of earlier sessions too
     if args.results:
         lines = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
-        results = [r for r in lines if r.get("recipe") == args.recipe and r.get("sets") == args.set]
-    report = {"benchmark": "time_to_accuracy", "hardware": hardware(), "recipe": args.recipe, "runs": results,
-              "summary": summarize(results), "warmup_run": warmup}  # fmt: skip
+        runs = [r for r in lines if r.get("recipe") == args.recipe and r.get("sets") == args.set]
+    report = {"benchmark": "time_to_accuracy", "hardware": hardware(), "recipe": args.recipe, "runs": runs,
+              "summary": summarize(runs), "warmup_run": warmup}  # fmt: skip
     if args.baseline_epochs:
         config = cifarlab.resolve_config(args.recipe, sets=args.set)
         baseline = run_baseline(config, args.seeds[0], args.baseline_epochs, args.baseline_batch_size,
                                 args.baseline_lr, args.data_dir)  # fmt: skip
         report["baseline"] = baseline
-        report.update(baseline_ratios(same_seed_as_baseline, baseline))
+        report.update(baseline_ratios(results[0], baseline))  # the same seed, run in this process
     print(json.dumps(report, indent=2))
 
 
