@@ -11,10 +11,10 @@
 __version__ = "0.1.0"
 
 from .config import Config, resolve as resolve_config  # noqa: E402
-from .engine import Checkpoint, Run, classify_images, evaluate, load_checkpoint, load_model, train  # noqa: E402
+from .engine import Checkpoint, Run, classify_images, evaluate, load_checkpoint, load_model  # noqa: E402
 from .errors import CifarlabError  # noqa: E402
-from .transfer import finetune  # noqa: E402
 from .models import create_model, list_models, model_stats  # noqa: E402
+from .run import finetune, train  # noqa: E402
 
 __all__ = [
     "Checkpoint",

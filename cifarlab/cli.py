@@ -25,9 +25,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--data-dir")
-    p.add_argument("--out", help="run directory (default: runs/<recipe>)")
+    p.add_argument("--out", help="run directory (default: runs/<recipe>, or runs/<recipe>-N when that is taken)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. optim.wd=0")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with its saved settings (--out RUN is enough)")  # fmt: skip
     p.add_argument("--tensorboard", action="store_true", help="log live to RUN_DIR/tensorboard (train.tensorboard)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (train.report=false)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -188,13 +189,20 @@ def _run_flags(args, **sections) -> dict:
     return {section: {k: v for k, v in values.items() if v is not None} for section, values in flags.items()}
 
 
-def _start(config, args) -> None:
-    from .engine import train
+def _start(args, config, source=None) -> None:
+    from .run import train
 
     if args.print_config:
         print(config.to_yaml(), end="")
         return
-    train(config, resume=args.resume)
+    train(config, resume=args.resume, source=source)
+
+
+def _saved(args, flags):
+    """With --resume, the run's saved config (with the given settings); else None."""
+    from .run import saved_config
+
+    return saved_config(args.recipe, args.config, flags, args.set) if args.resume else None
 
 
 def _train(args) -> None:
@@ -202,7 +210,7 @@ def _train(args) -> None:
 
     flags = _run_flags(args, model={"name": args.model},
                        data={"train_subset": args.train_subset, "dataset": args.dataset})  # fmt: skip
-    _start(resolve(args.recipe, args.config, flags, args.set), args)
+    _start(args, _saved(args, flags) or resolve(args.recipe, args.config, flags, args.set))
 
 
 def _finetune(args) -> None:
@@ -214,7 +222,8 @@ def _finetune(args) -> None:
                   "cifar_stem": args.cifar_stem},
         data={"dataset": args.target, "labels_per_class": args.labels_per_class},
     )  # fmt: skip
-    _start(finetune_config(flags, args.recipe, args.config, args.set), args)
+    saved = _saved(args, flags)
+    _start(args, *((saved, None) if saved else finetune_config(flags, args.recipe, args.config, args.set)))
 
 
 def _eval(args) -> None:

@@ -7,6 +7,7 @@ The fully resolved config is saved in the run directory, so a run can always be 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from .errors import CifarlabError
-from .models import check_model_name
+from .models import check_model_name, model_options
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "fast"
@@ -309,20 +310,87 @@ def list_recipes() -> dict[str, str]:
 
 
 DEVICE_TYPES = ("cpu", "cuda")
+STRATEGIES = ("linear", "full", "gradual")
+# A recipe's sections named after a device type or a fine-tuning strategy apply when the run
+# trains on that device or with that strategy (fast: bf16 + compile on CUDA; a linear probe's lr).
+SITUATIONS = DEVICE_TYPES + STRATEGIES
+GENERAL_RECIPE = "standard"  # for a model whose family has no recipe of its own
 
 
-def load_recipe(name: str, device_type: str | None = None) -> Config:
-    """A named recipe; its `cpu:` / `cuda:` sections apply when training on that device type."""
+def _recipe_file(name: str) -> dict:
     path = RECIPE_DIR / f"{name}.yaml"
     if not path.is_file():
         raise CifarlabError(f"unknown recipe '{name}'; `cifarlab recipes` lists: {', '.join(list_recipes())}")
-    data = read_yaml(path)
-    base = data.pop("base", None)  # a recipe may start from another one and change a few keys
-    per_device = {kind: data.pop(kind, None) for kind in DEVICE_TYPES}
-    config = load_recipe(base, device_type) if base else Config()
-    config = merge(config, data, f"recipe '{name}'")
-    if device_type and per_device[device_type]:
-        config = merge(config, per_device[device_type], f"recipe '{name}' ({device_type} section)")
+    return read_yaml(path)
+
+
+def _recipe_layers(name: str) -> list[tuple[dict, str]]:
+    """A recipe's settings as layers, those of the recipe it starts from (`base:`) first."""
+    data = _recipe_file(name)
+    base = data.pop("base", None)
+    data.pop("suits", None)
+    return (_recipe_layers(base) if base else []) + [(data, f"recipe '{name}'")]
+
+
+def recipe_for_model(model: str) -> str:
+    """The recipe that trains `model` as the literature does: the one that lists it under
+    `suits:` (its family's), else the general recipe for conventional nets."""
+    for name in list_recipes():
+        if model in _recipe_file(name).get("suits", []):
+            return name
+    return GENERAL_RECIPE
+
+
+def _keys(layer: dict) -> set[tuple[str, str]]:
+    return {(section, key) for section, values in layer.items() if isinstance(values, dict) for key in values}
+
+
+def _build(recipe_layers: list[tuple[dict, str]], user_layers: list[tuple[dict, str]], start: Config,
+           device: str | None = None) -> Config:  # fmt: skip
+    """Merge every layer once, in order; then each recipe layer's sections for the device and
+    fine-tuning strategy now known, on the keys that no later layer sets (later still wins)."""
+    config = start
+    for data, source in recipe_layers:
+        config = merge(config, {k: v for k, v in data.items() if k not in SITUATIONS}, source)
+    recipe_model = config.model.name
+    for overrides, source in user_layers:
+        config = merge(config, overrides, source)
+    situations = {device or device_type(config.train.device), config.finetune.strategy}
+    layers = recipe_layers + user_layers
+    for i, (data, source) in enumerate(recipe_layers):
+        later = set().union(*(_keys(layer) for layer, _ in layers[i + 1 :]))
+        for situation in situations & data.keys():
+            section = {s: {k: v for k, v in values.items() if (s, k) not in later}
+                       for s, values in data[situation].items()}  # fmt: skip
+            config = merge(config, section, f"{source} ({situation} section)")
+    return _fit_model_options(config, recipe_model, user_layers)
+
+
+def _fit_model_options(config: Config, recipe_model: str, user_layers: list[tuple[dict, str]]) -> Config:
+    """Options the recipe gives its own model that another model does not take are dropped with
+    a note; options the user gave that the model does not take are refused."""
+    accepted = model_options(config.model.name)
+    if accepted is None:
+        return config
+    given = {key for layer, _ in user_layers for key in (layer.get("model") or {}).get("options") or {}}
+    for key in sorted(set(config.model.options) - accepted):
+        if key in given or config.model.name == recipe_model:
+            raise CifarlabError(
+                f"model.options.{key} is not an option of {config.model.name}; "
+                f"it takes: {', '.join(sorted(accepted)) or 'none'}"
+            )
+    dropped = sorted(set(config.model.options) - accepted)
+    if dropped:
+        print(f"note: {config.model.name} does not take the options recipe '{config.recipe}' gives {recipe_model} "
+              f"({', '.join(dropped)}); they are left out", file=sys.stderr)  # fmt: skip
+        options = {k: v for k, v in config.model.options.items() if k in accepted}
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, options=options))
+    return config
+
+
+def load_recipe(name: str, device_type: str | None = None) -> Config:
+    """A named recipe as it trains on `device_type` (its `cpu:` / `cuda:` section applied)."""
+    config = _build(_recipe_layers(name), [], Config(), device_type)
     config.recipe = name
     return config
 
@@ -336,21 +404,27 @@ def device_type(device: str) -> str:
 
 
 def resolve(
-    recipe: str | None = None, config_file: str | None = None, flags: dict | None = None, sets: list[str] = ()
-) -> Config:
-    """Build the run's config: recipe (with its section for the device trained on), then a
-    YAML file, then CLI flags, then --set lines."""
+    recipe: str | None = None, config_file: str | None = None, flags: dict | None = None, sets: list[str] = (),
+    base: Config | None = None,
+) -> Config:  # fmt: skip
+    """Build the run's config: a recipe (its sections for the device and strategy included),
+    then a YAML file, then CLI flags, then --set lines.
+
+    The recipe is `recipe`, else the file's `recipe:` (a run's saved config.yaml names its
+    own), else the recipe for the model the layers name, else the default. With `base` (the
+    saved config of a run being resumed) the layers apply to it instead of a recipe."""
     layers = [(read_yaml(config_file), str(config_file))] if config_file else []
     layers += [(flags, "command line")] if flags else []
     layers += [(parse_assignment(a), "--set") for a in sets]
-
-    def build(device: str | None) -> Config:
-        config = load_recipe(recipe or DEFAULT_RECIPE, device)
-        for overrides, source in layers:
-            config = merge(config, overrides, source)
-        return config
-
-    return validate(build(device_type(build(None).train.device)))
+    if base is not None:
+        return validate(_build([], layers, base))
+    asked = [layer for layer, _ in layers if isinstance(layer, dict)]
+    model = next((m["name"] for layer in reversed(asked) if isinstance(m := layer.get("model"), dict) and "name" in m), None)
+    name = recipe or next((layer["recipe"] for layer in reversed(asked) if layer.get("recipe")), None)
+    name = name or (recipe_for_model(model) if model else DEFAULT_RECIPE)
+    config = _build(_recipe_layers(name), layers, dataclasses.replace(Config(), recipe=name))
+    config.recipe = name
+    return validate(config)
 
 
 def from_dict(d: dict) -> Config:

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import CifarlabError
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -46,3 +48,13 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | Path, what: str):
+    """A JSON file's content; a missing, undecodable or malformed file is one CifarlabError."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CifarlabError(f"{what} '{path}' does not exist") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CifarlabError(f"{what} '{path}' is corrupt ({e})") from None

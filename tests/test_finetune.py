@@ -23,7 +23,7 @@ from cifarlab.engine.optim import build_optimizers, set_learning_rates
 from cifarlab.errors import CifarlabError
 from cifarlab.models import create_model, list_models
 from cifarlab.models.external import ResizeInputs
-from cifarlab.transfer import build_model, with_source
+from cifarlab.transfer import finetune_config, pretrained_model
 from cifarlab.transfer.surgery import fresh_keys, layers, load_source
 from conftest import write_source_checkpoint
 
@@ -115,11 +115,11 @@ def test_frozen_and_held_parameters_get_no_updates(synthetic_root, tmp_path, arc
 
 def test_layer_wise_lr_decay_and_unfreezing_schedule(tmp_path):
     source = write_source_checkpoint(tmp_path / "source", "resnet20")
-    sets = [f"finetune.source={source}", "finetune.strategy=gradual", "finetune.layer_decay=0.5",
-            "finetune.unfreeze_every=2", "optim.lr=0.1", "optim.weight_decay=0.001"]  # fmt: skip
-    config = with_source(resolve("finetune", sets=sets))
-    model = build_model(config, num_classes=3)
-    (optimizer,) = build_optimizers(model, config.optim, batch_size=128)
+    flags = {"finetune": {"source": str(source), "strategy": "gradual"}}
+    sets = ["finetune.layer_decay=0.5", "finetune.unfreeze_every=2", "optim.lr=0.1", "optim.weight_decay=0.001"]
+    config, opened = finetune_config(flags, "finetune", sets=sets)
+    model, param_options = pretrained_model(config, 3, opened)
+    (optimizer,) = build_optimizers(model, config.optim, batch_size=128, param_options=param_options)
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     # depth below the head: resnet20 is stem, blocks.0 … blocks.8, head
     depth = {"stem.": 10, **{f"blocks.{i}.": 9 - i for i in range(9)}, "head.": 0}

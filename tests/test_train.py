@@ -33,11 +33,11 @@ def test_train_writes_a_complete_run_directory(synthetic_root, tmp_path):
         assert {p.name for p in (d / "checkpoints" / name).iterdir()} >= {"model.safetensors", "meta.json"}
     assert (d / "checkpoints" / "last" / "state.pt").is_file()
     records = read_metrics(d / "metrics.jsonl")
-    steps = [r for r in records if "step" in r and "val_acc" not in r and "event" not in r]
-    epochs = [r for r in records if "val_acc" in r]
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["step"] for r in steps] == [3, 6, 9, 12, 15, 18] and [r["epoch"] for r in epochs] == [1, 2]
     assert all({"train_loss", "train_acc", "lr", "images_per_s", "elapsed"} <= r.keys() for r in steps)
-    assert records[-1]["event"] == "test"
+    assert records[-1]["kind"] == "test" and {r["kind"] for r in records} == {"step", "epoch", "test"}
     result = json.loads((d / "eval.json").read_text())
     assert result["split"] == "test" and result["checkpoint"] == "best" and result["num_images"] == 200
     assert sum(map(sum, result["confusion_matrix"])) == 200
@@ -109,9 +109,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_p
 def test_existing_run_and_changed_settings_are_refused(synthetic_root, tmp_path):
     out = tmp_path / "run"
     cifarlab.train(small_config(synthetic_root, out, "train.epochs=1"), verbose=False)
-    with pytest.raises(CifarlabError, match="already holds a run; pass --resume"):
+    with pytest.raises(CifarlabError, match="already holds a finished run; pass --resume"):
         cifarlab.train(small_config(synthetic_root, out, "train.epochs=1"), verbose=False)
-    with pytest.raises(CifarlabError, match=r"settings; these differ: optim.lr: run has 0.05, now 0.1"):
+    with pytest.raises(CifarlabError, match=r"as saved; leave out what differs: optim.lr: run has 0.05, now 0.1"):
         cifarlab.train(small_config(synthetic_root, out, "train.epochs=1", "optim.lr=0.1"), resume=True)
     finished = cifarlab.train(small_config(synthetic_root, out, "train.epochs=1"), resume=True, verbose=False)
     assert finished.test == json.loads((out / "eval.json").read_text())

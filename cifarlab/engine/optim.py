@@ -43,7 +43,9 @@ def param_roles(model: nn.Module, trainable_only: bool = True) -> dict[str, list
     return roles
 
 
-def build_optimizers(model: nn.Module, cfg: OptimConfig, batch_size: int) -> list[torch.optim.Optimizer]:
+def build_optimizers(
+    model: nn.Module, cfg: OptimConfig, batch_size: int, param_options: dict[str, dict] | None = None
+) -> list[torch.optim.Optimizer]:
     """One optimizer for most groups (SGD/Adam/AdamW), plus Muon for the groups that ask for it.
 
     `cfg.groups[role]` overrides lr, weight_decay, momentum, `decay_epochs` (this group's lr
@@ -53,7 +55,7 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig, batch_size: int) -> lis
     fraction of the weights removed per 1024 examples at peak lr, whatever the lr); Muon's lr
     is per step, since its update has a fixed size.
 
-    A model may also declare `param_options` {parameter name: {lr_scale, start_epoch}}
+    `param_options` {parameter name: {lr_scale, start_epoch}}
     (fine-tuning's layer-wise lr decay and gradual unfreezing): parameters of one role with the
     same options share a group; `lr_scale` scales the group's whole step, weight decay
     included, and `start_epoch` holds the group until then (see set_learning_rates).
@@ -65,7 +67,7 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig, batch_size: int) -> lis
         raise CifarlabError(f"optim.groups names roles this model lacks: {sorted(unknown)}; it has {sorted(known)}")
     scale = batch_size / 1024 if cfg.per_1024 else 1.0
     names = {id(p): name for name, p in model.named_parameters()}
-    declared = getattr(model, "param_options", {})
+    declared = param_options or {}
     main, muon = [], []
     for role, role_params in roles.items():
         options = cfg.groups.get(role, {})

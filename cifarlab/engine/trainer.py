@@ -10,7 +10,6 @@ run killed at any moment and resumed ends with the same weights as one that neve
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 import time
@@ -23,24 +22,24 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .. import __version__
-from ..config import Config, from_dict, read_yaml, resolve, validate
-from ..data import DeviceLoader, Splits, make_splits
-from ..data.policies import make_policy
+from ..config import Config
+from ..data import DeviceLoader, Splits
 from ..errors import CifarlabError
-from ..fileio import write_json, write_text
-from ..transfer import build_model, with_source
+from ..fileio import write_json
 from . import distributed
 from .checkpoint import load_weights_into, read_state, read_weights, recover_checkpoint, save_checkpoint
 from .evaluate import format_report, metrics_from_logits, predict
 from .metrics_log import MetricsLog
 from .lookahead import Lookahead
 from .optim import build_optimizers, set_learning_rates
-from .runtime import autocast, configure, hardware, rng_state, seed_everything, set_rng_state
-from .tensorboard import TensorBoardLogger
+from .runtime import autocast, hardware, rng_state, set_rng_state
 
-# Settings that may differ between a run and its resumption (they do not change the result).
-_RESUME_FREE_KEYS = {("data", "data_dir"), ("train", "out"), ("train", "tensorboard"), ("train", "report"),
-                     ("train", "checkpoint_epochs")}
+
+@dataclass
+class Loaders:
+    train: DeviceLoader  # this process's slice of every global batch
+    val: DeviceLoader | None  # this process's shard of the split (None: no validation split)
+    test: DeviceLoader
 
 
 @dataclass
@@ -83,49 +82,32 @@ class _StopRequest:
 
 
 class Trainer:
+    """Trains a built model on built loaders; checkpoints, logs and the final test of one run.
+
+    `param_options` are per-parameter optimizer options (fine-tuning's layer-wise lr and
+    gradual unfreezing); `data_fingerprint` identifies the data, checked on resume."""
+
     def __init__(
-        self, config: Config, run_dir: Path, splits: Splits, device: torch.device, verbose: bool = True, callbacks=()
-    ):
+        self, config: Config, run_dir: Path, model: nn.Module, param_options: dict, splits: Splits, loaders: Loaders,
+        device: torch.device, data_fingerprint: str, verbose: bool = True, callbacks=(),
+    ):  # fmt: skip
         c = self.config = config
         self.run_dir, self.splits, self.device, self.verbose = run_dir, splits, device, verbose
+        self.data_fingerprint = data_fingerprint
         # objects with any of on_fit_start(trainer) (after a resume's restore), on_log(trainer, record) (each
         # metrics.jsonl line) and on_epoch_end(trainer) (after `last` is saved)
         self.callbacks = list(callbacks)
         self.checkpoints = run_dir / "checkpoints"
 
-        seed_everything(c.train.seed)
-        model = build_model(c, num_classes=len(splits.classes))
         memory_format = torch.channels_last if c.train.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=memory_format)  # unwrapped: checkpoints hold its state dict
         if c.train.sync_bn:
             self.model = distributed.convert_sync_batchnorm(self.model, device)
-        world = distributed.world_size()
-        if c.train.batch_size % world:
-            raise CifarlabError(
-                f"train.batch_size={c.train.batch_size} is the global batch, shared equally by the {world} processes; "
-                f"choose a multiple of {world}"
-            )
-        loader_args = dict(mean=splits.mean, std=splits.std, device=device, channels_last=c.train.channels_last)
-        a = c.augment
-        self.train_loader = DeviceLoader(
-            splits.train, c.train.batch_size, translate=a.translate, padding_mode=a.padding_mode, flip=a.flip,
-            cutout_size=a.cutout, policy=make_policy(a.policy, a.randaugment_ops, a.randaugment_magnitude),
-            random_erasing=a.random_erasing, mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha, shuffle=True,
-            drop_last=True, seed=c.train.seed, rank=distributed.rank(), world_size=world, **loader_args,
-        )  # fmt: skip
-        if len(self.train_loader) == 0:
-            raise CifarlabError(
-                f"train.batch_size={c.train.batch_size} is larger than the {len(splits.train)} training images"
-            )
-        # each rank evaluates its part of val/test; `evaluate` gathers the logits on every rank
-        self.val_loader = (
-            DeviceLoader(distributed.shard(splits.val), c.train.eval_batch_size, **loader_args) if splits.val else None
-        )
-        self.test_loader = DeviceLoader(distributed.shard(splits.test), c.train.eval_batch_size, **loader_args)
+        self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
 
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = c.train.epochs * self.steps_per_epoch
-        self.optimizers = build_optimizers(self.model, c.optim, c.train.batch_size)
+        self.optimizers = build_optimizers(self.model, c.optim, c.train.batch_size, param_options)
         self.lookahead = (
             Lookahead(self.model, c.optim.lookahead_every, c.optim.lookahead_decay, c.optim.lookahead_power,
                       round(c.optim.lookahead_start_epoch * self.steps_per_epoch), self.total_steps)
@@ -209,15 +191,25 @@ class Trainer:
         self.batch += 1
         self.step += 1
 
-    def check_finite(self) -> None:
-        if distributed.summed(self.nonfinite.double()).item():
-            last = self.checkpoints / "last"
-            where = f"'{last}'" if last.exists() else "no checkpoint (none was saved yet)"
-            raise CifarlabError(
-                f"the training loss became NaN/inf before step {self.step} (epoch {self.epoch + 1}); stopped. "
-                f"The last good checkpoint is {where}. Try a lower learning rate (--lr) or gradient "
-                f"clipping (--set optim.grad_clip=1.0)."
-            )
+    def check_finite(self, weights: bool = False) -> None:
+        """Stop on a NaN/inf loss, and (before a checkpoint is saved) on NaN/inf weights, so
+        no checkpoint ever holds them: the one on disk stays the last good one."""
+        what = "training loss" if distributed.summed(self.nonfinite.double()).item() else None
+        if what is None and weights and not all(bool(t.isfinite().all()) for t in self._float_tensors()):
+            what = "weights"
+        if what is None:
+            return
+        last = self.checkpoints / "last"
+        where = f"'{last}'" if last.exists() else "no checkpoint (none was saved yet)"
+        raise CifarlabError(
+            f"the {what} became NaN/inf by step {self.step} (epoch {self.epoch + 1}); stopped. "
+            f"The last good checkpoint is {where}. Try a lower learning rate (--lr) or gradient "
+            f"clipping (--set optim.grad_clip=1.0)."
+        )
+
+    def _float_tensors(self):
+        models = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        return [t for m in models for t in m.state_dict().values() if t.is_floating_point()]
 
     def lr(self) -> float:
         """The highest lr of the conv filters (of the first group if there are none)."""
@@ -248,6 +240,7 @@ class Trainer:
         loss_sum, correct, seen = distributed.summed(self.window_sums).tolist()
         now = time.perf_counter()
         record = {
+            "kind": "step",
             "step": self.step,
             "epoch": round(self.epoch + self.batch / self.steps_per_epoch, 4),
             "train_loss": loss_sum / seen,
@@ -272,7 +265,8 @@ class Trainer:
         # rank's own last update otherwise), so every rank evaluates and saves the same model
         distributed.broadcast_state(self.eval_model, buffers_only=True)
         loss_sum, correct, seen = distributed.summed(self.epoch_sums).tolist()
-        record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": loss_sum / seen, "train_acc": correct / seen}
+        record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step, "train_loss": loss_sum / seen,
+                  "train_acc": correct / seen}  # fmt: skip
         val = None
         if self.val_loader is not None:
             logits, labels = self.evaluate(self.val_loader, len(self.splits.val), "none")
@@ -290,6 +284,7 @@ class Trainer:
         self.epoch_sums.zero_()
         if val is not None and (self.best_val_accuracy is None or val["accuracy"] > self.best_val_accuracy):
             self.best_val_accuracy = val["accuracy"]
+            self.check_finite(weights=True)
             self.save(self.checkpoints / "best", self.meta(val))
         every = self.config.train.checkpoint_epochs
         if self.epoch == self.config.train.epochs or (every and self.epoch % every == 0):
@@ -329,10 +324,10 @@ class Trainer:
             "versions": {"cifarlab": __version__, "torch": torch.__version__},
         }
 
-    def save_last(self) -> None:
-        self.check_finite()
-        self.elapsed = time.perf_counter() - self.clock
-        state = {
+    def state_dict(self) -> dict:
+        """Everything that changes during training besides the evaluated weights: what
+        `checkpoints/last` holds for an exact resume, read back by `load_state_dict`."""
+        return {
             "epoch": self.epoch,
             "batch": self.batch,
             "step": self.step,
@@ -345,10 +340,34 @@ class Trainer:
             "epoch_sums": distributed.summed(self.epoch_sums).cpu(),
             "window_sums": distributed.summed(self.window_sums).cpu(),
             "world_size": distributed.world_size(),
+            "threads": torch.get_num_threads(),
+            "data_fingerprint": self.data_fingerprint,
             "train_model": self.model.state_dict() if self.ema is not None else None,
             "ema_state": self.ema.state_dict() if self.ema is not None else None,
         }
-        self.save(self.checkpoints / "last", self.meta(), state)
+
+    def load_state_dict(self, state: dict, weights: dict[str, torch.Tensor], source: str) -> None:
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema_state"])
+            self.model.load_state_dict(state["train_model"])
+        else:
+            load_weights_into(self.model, weights, source)
+        for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"]):
+            optimizer.load_state_dict(optimizer_state)
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(state["lookahead"])
+        set_rng_state(state["rng"])
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.elapsed, self.best_val_accuracy = state["elapsed"], state["best_val_accuracy"]
+        if distributed.is_writer():  # the saved sums are global: rank 0 carries them on, the others start at 0
+            self.epoch_sums.copy_(state["epoch_sums"])
+            self.window_sums.copy_(state["window_sums"])
+            self.log.truncate(state["metrics_offset"])
+
+    def save_last(self) -> None:
+        self.check_finite(weights=True)
+        self.elapsed = time.perf_counter() - self.clock
+        self.save(self.checkpoints / "last", self.meta(), self.state_dict())
 
     def save(self, folder: Path, meta: dict, state: dict | None = None) -> None:
         """Rank 0 writes the checkpoint (of the unwrapped eval model); every rank waits until it is there."""
@@ -371,27 +390,28 @@ class Trainer:
                 self.log.truncate(0)
             return False
         state = read_state(last)
-        weights = read_weights(last / "model.safetensors")
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema_state"])
-            self.model.load_state_dict(state["train_model"])
-        else:
-            load_weights_into(self.model, weights, str(last))
-        for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"]):
-            optimizer.load_state_dict(optimizer_state)
-        if self.lookahead is not None:
-            self.lookahead.load_state_dict(state["lookahead"])
-        set_rng_state(state["rng"])
-        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
-        self.elapsed, self.best_val_accuracy = state["elapsed"], state["best_val_accuracy"]
-        if distributed.is_writer():  # the saved sums are global: rank 0 carries them on, the others start at 0
-            self.epoch_sums.copy_(state["epoch_sums"])
-            self.window_sums.copy_(state["window_sums"])
-            self.log.truncate(state["metrics_offset"])
+        self._check_resumable(state, last)
+        self.load_state_dict(state, read_weights(last / "model.safetensors"), str(last))
         if self.verbose and state.get("world_size", 1) != distributed.world_size():
             print(f"note: {last} was saved by {state['world_size']} process(es), now {distributed.world_size()}: "
                   f"the same global batches follow, but BatchNorm statistics per process change", file=sys.stderr)  # fmt: skip
         return True
+
+    def _check_resumable(self, state: dict, last: Path) -> None:
+        """The same data, and the thread count the run used (CPU sums are ordered by threads:
+        another count changes the last bits, so the run would not end as an uninterrupted one)."""
+        if state.get("data_fingerprint", self.data_fingerprint) != self.data_fingerprint:
+            raise CifarlabError(
+                f"the data found now ({self.config.data.dataset} in {self.config.data.data_dir or 'the default folders'}) "
+                f"differs from the data this run trained on; resume with the run's data (--data-dir)"
+            )
+        threads = state.get("threads")
+        if threads and not self.config.train.threads and threads != torch.get_num_threads():
+            if self.verbose:
+                print(f"note: {last} was trained with {threads} CPU threads; resuming with {threads} too "
+                      f"(not this machine's default {torch.get_num_threads()}), so the result repeats exactly",
+                      file=sys.stderr)  # fmt: skip
+            torch.set_num_threads(threads)
 
     # ------------------------------------------------------------ final test
     def finish(self) -> Run:
@@ -403,6 +423,11 @@ class Trainer:
             load_weights_into(self.eval_model, read_weights(best / "model.safetensors"), str(best))
         start = time.perf_counter()
         logits, labels = self.evaluate(self.test_loader, len(self.splits.test), c.tta)
+        if not bool(logits.isfinite().all()):
+            raise CifarlabError(
+                f"the {chosen} checkpoint gives NaN/inf outputs on the test set (its weights overflow); no eval.json "
+                f"was written. Train again with a lower learning rate (--lr) or gradient clipping"
+            )
         metrics = metrics_from_logits(logits, labels, self.splits.classes)
         result = {
             "split": "test",
@@ -418,89 +443,9 @@ class Trainer:
         }
         if distributed.is_writer():
             write_json(self.run_dir / "eval.json", result)
-        self.record({"event": "test", "accuracy": metrics["accuracy"], "loss": metrics["loss"], "checkpoint": chosen})
+        self.record({"kind": "test", "accuracy": metrics["accuracy"], "loss": metrics["loss"], "checkpoint": chosen})
         if self.verbose:
             print(f"\ntest set ({len(labels)} images, {chosen} checkpoint, tta={c.tta}):")
             print(format_report(metrics, self.splits.classes))
             print(f"\nrun directory: {self.run_dir}")
         return Run(self.run_dir, self.config, result, self.best_val_accuracy)
-
-
-def _config_differences(saved: Config, current: Config) -> list[str]:
-    diffs = []
-    for section, values in current.to_dict().items():
-        if not isinstance(values, dict):
-            continue
-        for key, value in values.items():
-            if (section, key) not in _RESUME_FREE_KEYS and saved.to_dict()[section][key] != value:
-                diffs.append(f"{section}.{key}: run has {saved.to_dict()[section][key]!r}, now {value!r}")
-    return diffs
-
-
-def train(config: Config | str, resume: bool = False, verbose: bool = True, callbacks=()) -> Run:
-    """Train as configured into `config.train.out` (default runs/<recipe>) and test once.
-
-    With `resume`, continue the run in that folder from `checkpoints/last` (or start it if it
-    holds nothing yet); the config must match the saved one.
-
-    Under torchrun, every process calls this: they train one run together (see
-    engine/distributed.py), only rank 0 prints and writes files, and every rank returns the
-    same Run. For torchrun's `--max-restarts`, pass `resume`: every start then continues from
-    `last` (the first one, finding nothing, starts the run).
-    """
-    config = resolve(config) if isinstance(config, str) else validate(config)
-    if config.finetune.source is not None:
-        config = with_source(config)
-    with distributed.session(config.train.device) as device:
-        return _train(config, device, resume, verbose and distributed.is_writer(), callbacks)
-
-
-def _train(config: Config, device: torch.device, resume: bool, verbose: bool, callbacks) -> Run:
-    run_dir = Path(config.train.out or f"runs/{config.recipe or 'custom'}")
-    config_path = run_dir / "config.yaml"
-    if resume and config_path.is_file():
-        differences = _config_differences(from_dict(read_yaml(config_path)), config)
-        if differences:
-            raise CifarlabError(f"--resume needs the run's own settings; these differ: {'; '.join(differences)}")
-        if (run_dir / "eval.json").is_file():
-            if verbose:
-                print(f"run '{run_dir}' is already finished; its test results are in eval.json", file=sys.stderr)
-            if config.train.report and not (run_dir / "report.html").is_file():
-                _write_report(run_dir, config.train.device, verbose)  # it was stopped while writing it
-            result = json.loads((run_dir / "eval.json").read_text())
-            return Run(run_dir, config, result, result["val_accuracy"])
-    elif run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise CifarlabError(f"'{run_dir}' already holds a run; pass --resume to continue it or --out for a new one")
-    distributed.barrier()  # every rank has looked at the run directory before rank 0 writes into it
-
-    configure(config.train.threads, config.train.deterministic)
-    splits = make_splits(config.data)
-    if config.train.tensorboard:
-        callbacks = [*callbacks, TensorBoardLogger()]
-    trainer = Trainer(config, run_dir, splits, device, verbose, callbacks)
-
-    if distributed.is_writer() and not config_path.is_file():
-        write_text(config_path, config.to_yaml())  # (creates the run directory)
-    if resume and trainer.restore() and verbose:
-        print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
-    trainer.fit()
-    run = trainer.finish()
-    if config.train.report:
-        _write_report(run_dir, config.train.device, verbose)
-    return run
-
-
-def _write_report(run_dir: Path, device: str, verbose: bool) -> None:
-    """The report at the end of training is an extra: a failure is printed, and the finished
-    run (eval.json, checkpoints) stays as it is."""
-    if not distributed.is_writer():
-        return
-    try:
-        from ..viz.report import write_report  # matplotlib and captum load only when a report is written
-
-        path = write_report(run_dir, device=device)
-    except Exception as e:  # noqa: BLE001 - whatever broke, the trained run must survive it
-        print(f"warning: no report ({type(e).__name__}: {e}); retry with `cifarlab report {run_dir}`", file=sys.stderr)
-        return
-    if verbose:
-        print(f"report: {path}")

@@ -7,6 +7,7 @@ library (see external.py), so a fine-tuned ImageNet net is rebuilt from its name
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -67,6 +68,17 @@ def _get_builder(name: str) -> Callable[..., nn.Module]:
 def check_model_name(name: str) -> None:
     """Raise a CifarlabError unless `create_model` can build `name`."""
     _get_builder(name)
+
+
+def model_options(name: str) -> set[str] | None:
+    """The options (keyword arguments besides num_classes) a registered builder takes; None for
+    another library's nets, whose builders take open-ended keyword arguments."""
+    if ":" in name:
+        return None
+    parameters = inspect.signature(_get_builder(name)).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.name != "num_classes"}
 
 
 def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:

@@ -1,6 +1,6 @@
 """Head surgery and strategies: source weights in the target's net with a fresh head, the
 net's layers in depth order, and each strategy as frozen parameters or per-parameter
-optimizer options (`param_options`, read by engine.optim.build_optimizers).
+optimizer options (returned for engine.optim.build_optimizers).
 
 All of it is a function of the config and the source, so resuming rebuilds the same net
 and optimizer groups, then loads `checkpoints/last` over them.
@@ -68,13 +68,14 @@ def layers(model: nn.Module) -> list[list[str]]:
     return out
 
 
-def apply_strategy(model: nn.Module, cfg: FinetuneConfig, fresh: set[str]) -> None:
+def apply_strategy(model: nn.Module, cfg: FinetuneConfig, fresh: set[str]) -> dict[str, dict]:
     """Freeze or schedule the pretrained parameters; the fresh ones (the new head, a new stem)
     always train from the start at the full lr.
 
     Counting pretrained layers from the top (1 = just below the head): `linear` freezes them
     all; `full` scales layer d's lr by layer_decay**d; `gradual` also holds layer d until epoch
     d × unfreeze_every (ULMFiT's gradual unfreezing with discriminative lrs).
+    Returns {parameter name: {lr_scale, start_epoch}} for engine.optim.build_optimizers.
     """
     pretrained = [names for layer in layers(model) if (names := [n for n in layer if n not in fresh])]
     params = dict(model.named_parameters())
@@ -89,11 +90,11 @@ def apply_strategy(model: nn.Module, cfg: FinetuneConfig, fresh: set[str]) -> No
                 option["start_epoch"] = depth * cfg.unfreeze_every
             if option:
                 options[name] = option
-    model.param_options = options
     if cfg.freeze_bn:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.register_forward_pre_hook(_keep_in_eval_mode)
+    return options
 
 
 def _keep_in_eval_mode(module: nn.Module, args: tuple) -> None:

@@ -46,8 +46,8 @@ def training_curves(runs: dict[str, list[dict]]) -> Figure:
     loss_ax, acc_ax, lr_ax = figure.subplots(1, 3)
     single = len(runs) == 1
     for i, (label, records) in enumerate(runs.items()):
-        windows = [r for r in records if "images_per_s" in r]
-        epochs = [r for r in records if "train_loss" in r and "images_per_s" not in r]
+        windows = [r for r in records if r.get("kind") == "step"]
+        epochs = [r for r in records if r.get("kind") == "epoch"]
         prefix = "" if single else f"{label}: "
         color, val_color = f"C{i}", ("C1" if single else f"C{i}")
         for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from torchvision.utils import make_grid
 
-from ..viz.layers import first_layer_filters
-from .distributed import is_writer
+from ..engine.distributed import is_writer
+from .layers import first_layer_filters
 
-# metrics.jsonl key → TensorBoard tag, per kind of record
+# metrics.jsonl key → TensorBoard tag, per kind of record (a `stopped` record has none)
 _WINDOW_TAGS = {"train_loss": "train_window/loss", "train_acc": "train_window/accuracy", "lr": "lr",
                 "images_per_s": "throughput/images_per_s"}  # fmt: skip
 _EPOCH_TAGS = {"train_loss": "epoch/train_loss", "train_acc": "epoch/train_accuracy", "val_loss": "epoch/val_loss",
@@ -46,12 +46,12 @@ class TensorBoardLogger:
     def on_log(self, trainer, record: dict) -> None:
         if self.writer is None:
             return
-        tags = _TEST_TAGS if "event" in record else _WINDOW_TAGS if "images_per_s" in record else _EPOCH_TAGS
+        tags = {"test": _TEST_TAGS, "step": _WINDOW_TAGS, "epoch": _EPOCH_TAGS}.get(record["kind"], {})
         with trainer.untimed():
             for key, tag in tags.items():
                 if key in record:
                     self.writer.add_scalar(tag, record[key], record.get("step", trainer.step))
-            if "event" in record:
+            if record["kind"] == "test":
                 self.writer.close()  # the test result is the run's last record
 
     def on_epoch_end(self, trainer) -> None:

@@ -1,0 +1,301 @@
+"""Make a run: the one place above engine/, transfer/ and viz/.
+
+    config → the model (from scratch, or a pretrained source's weights with a fresh head)
+           → the run directory (taken with a lock) → data and loaders → Trainer → final test → report
+
+The trainer receives the built model and loaders (as torchvision's reference `main(args)`
+hands objects to `train_one_epoch`); fine-tuning is the same path with a source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import distributed as dist
+from torch import nn
+
+from .config import Config, from_dict, read_yaml, resolve, validate
+from .data import DeviceLoader, Splits, make_splits
+from .data.policies import make_policy
+from .engine import distributed
+from .engine.metrics_log import read_metrics
+from .engine.runtime import configure, seed_everything
+from .engine.trainer import Loaders, Run, Trainer
+from .errors import CifarlabError
+from .fileio import read_json, write_text
+from .models import create_model
+from .transfer import Source, finetune_config, open_source, pretrained_model, with_source
+
+# Settings a resumed run may change: they do not change the result.
+_RESUME_FREE_KEYS = {("data", "data_dir"), ("train", "out"), ("train", "tensorboard"), ("train", "report"),
+                     ("train", "checkpoint_epochs")}  # fmt: skip
+
+
+def train(config: Config | str, resume: bool = False, verbose: bool = True, callbacks=(),
+          source: Source | None = None) -> Run:  # fmt: skip
+    """Train as configured into `config.train.out` and test once; returns the Run.
+
+    The default folder is runs/<recipe>, or runs/<recipe>-2, -3, … when that one is taken.
+    With `resume`, continue the run in `config.train.out` from `checkpoints/last` (or start it
+    if it holds nothing yet); the config must match the saved one. `source` is the opened
+    fine-tuning source when the caller has it already (it is opened here otherwise).
+
+    Under torchrun, every process calls this: they train one run together (see
+    engine/distributed.py), only rank 0 writes, and every rank returns the same Run. For
+    torchrun's `--max-restarts`, pass `resume` and an `out`: every start then continues from
+    `last` (the first one, finding nothing, starts the run).
+    """
+    config = resolve(config) if isinstance(config, str) else validate(config)
+    if config.finetune.source is not None and source is None:
+        source = open_source(config.finetune)
+        config = with_source(config, source)
+    if resume and not config.train.out:
+        raise CifarlabError("--resume needs --out RUN: the folder of the run to continue")
+    with distributed.session(config.train.device) as device:
+        verbose = verbose and distributed.is_writer()
+        with _run_directory(config, resume) as run_dir:
+            config = dataclasses.replace(config, train=dataclasses.replace(config.train, out=str(run_dir)))
+            finished = _finished(run_dir, config, resume, verbose)
+            if finished is not None:
+                return finished
+            return _train(config, run_dir, device, source, resume, verbose, callbacks)
+
+
+def finetune(source: str, target: str, strategy: str | None = None, *, arch: str | None = None,
+             labels_per_class: int | None = None, recipe: str | None = None, sets=(), resume: bool = False,
+             verbose: bool = True, callbacks=()) -> Run:  # fmt: skip
+    """Fine-tune `source` on `target` (see `cifarlab finetune --help` for both) and test once;
+    returns the same `Run` as `cifarlab.train`. `sets` are `key=value` settings, applied last."""
+    flags = {"finetune": {"source": str(source), "strategy": strategy, "arch": arch},
+             "data": {"dataset": target, "labels_per_class": labels_per_class}}  # fmt: skip
+    flags = {section: {k: v for k, v in values.items() if v is not None} for section, values in flags.items()}
+    config, opened = finetune_config(flags, recipe, sets=sets)
+    return train(config, resume=resume, verbose=verbose, callbacks=callbacks, source=opened)
+
+
+def saved_config(recipe: str | None, config_file: str | None, flags: dict, sets=()) -> Config | None:
+    """For `--resume`: the config saved in the run folder `flags.train.out`, with the given
+    settings applied (any that disagree are refused when the run starts); None when the
+    folder holds no run yet, so the first start of a `--resume` job begins it."""
+    out = flags.get("train", {}).get("out")
+    if not out:
+        raise CifarlabError("--resume needs --out RUN: the folder of the run to continue")
+    path = Path(out) / "config.yaml"
+    if not path.is_file():
+        return None
+    saved = from_dict(read_yaml(path))
+    if recipe is not None and recipe != saved.recipe:
+        raise CifarlabError(f"--resume continues the run as saved; it has recipe {saved.recipe!r}, not {recipe!r}")
+    return resolve(config_file=config_file, flags=flags, sets=sets, base=saved)
+
+
+# ----------------------------------------------------------------------------- run folder
+@contextmanager
+def _run_directory(config: Config, resume: bool) -> Iterator[Path]:
+    """The run's folder, held with a lock for the whole run, so a second process on it is
+    refused before it writes anything. Without `out`, runs/<recipe> or the first free
+    runs/<recipe>-N (made with mkdir, which only one process can win). A folder made here
+    for a run that fails before writing anything is removed again."""
+    path, made = None, False
+    if distributed.is_writer():
+        if config.train.out:
+            path = Path(config.train.out)
+            made = not path.exists()
+        else:
+            path, made = _new_folder(Path("runs") / (config.recipe or "custom")), True
+    if distributed.world_size() > 1:  # every rank trains into rank 0's folder
+        shared = [str(path) if path else None]
+        dist.broadcast_object_list(shared, 0)
+        path = Path(shared[0])
+    if not distributed.is_writer():
+        distributed.barrier()  # until rank 0 holds the lock and has checked the folder
+        yield path
+        return
+    try:
+        with _lock(path):
+            if not resume:
+                _check_unused(path)
+            distributed.barrier()
+            yield path
+    except BaseException:
+        if made and path.is_dir() and {p.name for p in path.iterdir()} <= {".lock"}:
+            (path / ".lock").unlink(missing_ok=True)
+            path.rmdir()
+        raise
+
+
+def _new_folder(base: Path) -> Path:
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise CifarlabError(f"no free folder name after {base}-9999; pass --out")
+
+
+@contextmanager
+def _lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive `flock` on RUN_DIR/.lock, released when the process ends however it ends
+    (the file stays: removing it would let a waiting process lock a file no one else sees)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CifarlabError(f"--out '{run_dir}' is a file, not a folder; choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise CifarlabError(
+                f"'{run_dir}' is in use by another cifarlab run (pid {holder}); wait for it to end, or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_unused(run_dir: Path) -> None:
+    """A new run needs an empty folder; an old run is named with what to do about it."""
+    contents = [p for p in run_dir.iterdir() if p.name != ".lock"]
+    if not contents:
+        return
+    if (run_dir / "eval.json").is_file():
+        what = "a finished run"
+    else:
+        stop = _stop_reason(run_dir)
+        what = f"a run that stopped ({stop}), which resuming would repeat" if stop else "an unfinished run"
+    raise CifarlabError(f"'{run_dir}' already holds {what}; pass --resume to continue it, or --out for a new one")
+
+
+def _stop_reason(run_dir: Path) -> str | None:
+    path = run_dir / "metrics.jsonl"
+    try:
+        records = read_metrics(path) if path.is_file() else []
+    except CifarlabError:
+        return None
+    return records[-1]["reason"] if records and records[-1].get("kind") == "stopped" else None
+
+
+def _finished(run_dir: Path, config: Config, resume: bool, verbose: bool) -> Run | None:
+    """On --resume: refuse settings that differ from the saved run's; a finished run is
+    returned as it is (its report written if the run stopped while writing it)."""
+    config_path = run_dir / "config.yaml"
+    if not (resume and config_path.is_file()):
+        return None
+    saved = from_dict(read_yaml(config_path)).to_dict()
+    differences = [
+        f"{section}.{key}: run has {saved[section][key]!r}, now {value!r}"
+        for section, values in config.to_dict().items() if isinstance(values, dict)
+        for key, value in values.items()
+        if (section, key) not in _RESUME_FREE_KEYS and saved[section][key] != value
+    ]  # fmt: skip
+    if config.recipe != saved["recipe"]:
+        differences.insert(0, f"recipe: run has {saved['recipe']!r}, now {config.recipe!r}")
+    if differences:
+        raise CifarlabError(f"--resume continues the run as saved; leave out what differs: {'; '.join(differences)}")
+    if not (run_dir / "eval.json").is_file():
+        return None
+    result = read_json(run_dir / "eval.json", "the run's test result")
+    if verbose:
+        print(f"run '{run_dir}' is already finished; its test results are in eval.json", file=sys.stderr)
+    if config.train.report and not (run_dir / "report.html").is_file() and distributed.is_writer():
+        _write_report(run_dir, config.train.device, verbose)
+    return Run(run_dir, config, result, result.get("val_accuracy"))
+
+
+# ----------------------------------------------------------------------------- training
+def _train(config: Config, run_dir: Path, device: torch.device, source: Source | None, resume: bool,
+           verbose: bool, callbacks) -> Run:  # fmt: skip
+    configure(config.train.threads, config.train.deterministic)
+    splits = make_splits(config.data)
+    if verbose:
+        print(f"run: {run_dir}  (recipe {config.recipe}, model {config.model.name}, {device})")
+    seed_everything(config.train.seed)
+    model, param_options = _build_model(config, len(splits.classes), source)
+    loaders = _loaders(config, splits, device)
+    if config.train.tensorboard:
+        from .viz.tensorboard import TensorBoardLogger
+
+        callbacks = [*callbacks, TensorBoardLogger()]
+    trainer = Trainer(config, run_dir, model, param_options, splits, loaders, device, _data_fingerprint(splits),
+                      verbose, callbacks)  # fmt: skip
+    if distributed.is_writer() and not (run_dir / "config.yaml").is_file():
+        write_text(run_dir / "config.yaml", config.to_yaml())
+    if resume and trainer.restore() and verbose:
+        print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
+    try:
+        trainer.fit()
+        run = trainer.finish()
+    except CifarlabError as e:
+        trainer.record({"kind": "stopped", "reason": str(e).split(";")[0]})
+        raise
+    if config.train.report:
+        _write_report(run_dir, config.train.device, verbose)
+    return run
+
+
+def _build_model(config: Config, num_classes: int, source: Source | None) -> tuple[nn.Module, dict]:
+    """The net and its per-parameter optimizer options (fine-tuning strategies; none from scratch)."""
+    if source is not None:
+        return pretrained_model(config, num_classes, source)
+    return create_model(config.model.name, num_classes=num_classes, **config.model.options), {}
+
+
+def _loaders(config: Config, splits: Splits, device: torch.device) -> Loaders:
+    """Training batches (this process's slice of every global batch) and evaluation shards."""
+    c, a, world = config.train, config.augment, distributed.world_size()
+    if c.batch_size % world:
+        raise CifarlabError(
+            f"train.batch_size={c.batch_size} is the global batch, shared equally by the {world} processes; "
+            f"choose a multiple of {world}"
+        )
+    if c.batch_size > len(splits.train):
+        raise CifarlabError(f"train.batch_size={c.batch_size} is larger than the {len(splits.train)} training images")
+    common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=c.channels_last)
+    train = DeviceLoader(
+        splits.train, c.batch_size, translate=a.translate, padding_mode=a.padding_mode, flip=a.flip,
+        cutout_size=a.cutout, policy=make_policy(a.policy, a.randaugment_ops, a.randaugment_magnitude),
+        random_erasing=a.random_erasing, mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha, shuffle=True,
+        drop_last=True, seed=c.seed, rank=distributed.rank(), world_size=world, **common,
+    )  # fmt: skip
+    val = DeviceLoader(distributed.shard(splits.val), c.eval_batch_size, **common) if splits.val else None
+    test = DeviceLoader(distributed.shard(splits.test), c.eval_batch_size, **common)
+    return Loaders(train, val, test)
+
+
+def _data_fingerprint(splits: Splits) -> str:
+    """What resuming checks the data against: a hash of every image and label of the splits
+    (a fraction of a second for CIFAR), so moved data passes and changed data is refused."""
+    digest = hashlib.blake2b(digest_size=16)
+    for data in (splits.train, splits.val, splits.test):
+        if data is not None:
+            digest.update(data.images.contiguous().numpy().tobytes())
+            digest.update(data.labels.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _write_report(run_dir: Path, device: str, verbose: bool) -> None:
+    """The report at the end of training is an extra: a failure is printed, and the finished
+    run (eval.json, checkpoints) stays as it is."""
+    try:
+        from .viz.report import write_report  # matplotlib and captum load only when a report is written
+
+        path = write_report(run_dir, device=device)
+    except Exception as e:  # noqa: BLE001 - whatever broke, the trained run must survive it
+        print(f"warning: no report ({type(e).__name__}: {e}); retry with `cifarlab report {run_dir}`", file=sys.stderr)
+        return
+    if verbose:
+        print(f"report: {path}")
