@@ -31,8 +31,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and str(e.filename) == str(tmp):  # name the file the user asked for
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
 
 
