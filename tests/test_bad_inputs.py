@@ -18,10 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from cifarlab.cli import main
 from conftest import CIFAR10_CLASSES, write_source_checkpoint

@@ -73,7 +73,7 @@ def read_meta(folder: Path) -> dict:
     """meta.json, checked before anything uses it: one CifarlabError for a wrong type, a
     missing key or normalization that would give NaN predictions (std 0)."""
     path = folder / "meta.json"
-    if not path.is_file() and not path.is_dir():
+    if not path.exists():
         raise CifarlabError(f"'{folder}' is not a cifarlab checkpoint (no meta.json)")
     meta = read_json(path, "checkpoint file")
     problem = _meta_problem(meta)
