@@ -32,7 +32,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         fsync(tmp)
         os.replace(tmp, path)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
+        if os.path.lexists(tmp):  # (unlink on a read-only file system fails even for a missing file)
+            tmp.unlink()
         if isinstance(e, OSError) and str(e.filename) == str(tmp):  # name the file the user asked for
             raise OSError(e.errno, e.strerror, str(path)) from None
         raise

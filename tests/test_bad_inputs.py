@@ -276,14 +276,15 @@ def test_bad_input_is_one_error_line(case, synthetic_root, tmp_path):
 
 # ------------------------------------------------------------------------------ read-only folders, full disk
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [
-    [*TRAIN, "--out", "ro/run"], ["data", "show", "--out", "ro/overview.png"], ["compare", "run", "--out", "ro/c.html"],
+@pytest.mark.parametrize("command, written", [
+    ([*TRAIN, "--out", "ro/run"], "ro/run"), (["data", "show", "--out", "ro/overview.png"], "ro/overview.png"),
+    (["compare", "run", "--out", "ro/c.html"], "ro/c.png"),
 ])  # fmt: skip
-def test_read_only_folder(command, mount, synthetic_root, tmp_path):
+def test_read_only_folder(command, written, mount, synthetic_root, tmp_path):
     mount("ro", "ro,size=64k")
     fake_run(tmp_path)
     assert_refused([*command, "--data-dir", synthetic_root] if command[0] != "compare" else command, tmp_path,
-                   "read-only file system: cannot write 'ro/")
+                   f"read-only file system: cannot write '{written}'")
 
 
 @pytest.mark.slow
