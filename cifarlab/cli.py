@@ -7,7 +7,7 @@ import json
 import sys
 
 from . import __version__
-from .errors import CifarlabError
+from .errors import CifarlabError, describe_os_error
 
 
 def _add_data_location(p: argparse.ArgumentParser) -> None:
@@ -281,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             _report(args)
         elif args.command == "compare":
             _compare(args)
-    except CifarlabError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (CifarlabError, OSError) as e:  # OSError: a write into a bad place, a full disk
+        message = describe_os_error(e) if isinstance(e, OSError) else str(e)
+        print("error: " + " ".join(message.split()), file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("interrupted; `cifarlab train ... --resume` continues from checkpoints/last", file=sys.stderr)

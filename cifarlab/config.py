@@ -7,6 +7,7 @@ The fully resolved config is saved in the run directory, so a run can always be 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -16,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .errors import CifarlabError
+from .fileio import read_text
 from .models import check_model_name, model_options
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
@@ -145,16 +147,19 @@ _CHOICES = {
 _NON_NEGATIVE = (
     "data.val_size", "augment.translate", "augment.cutout", "augment.mixup_alpha", "augment.cutmix_alpha", "optim.lr",
     "optim.momentum", "optim.weight_decay", "optim.warmup_epochs", "optim.gamma", "optim.final_lr_factor",
-    "optim.grad_clip", "train.threads", "train.log_every", "train.checkpoint_every", "train.checkpoint_epochs",
+    "optim.grad_clip", "train.threads", "train.checkpoint_every", "train.checkpoint_epochs",
     "optim.lookahead_every", "optim.lookahead_start_epoch", "finetune.unfreeze_every",
 )  # fmt: skip
 _POSITIVE = ("data.train_subset", "data.labels_per_class", "data.image_size", "train.epochs", "train.batch_size",
-             "train.eval_batch_size", "finetune.input_size", "augment.randaugment_ops")  # fmt: skip
+             "train.eval_batch_size", "train.log_every", "finetune.input_size", "augment.randaugment_ops")  # fmt: skip
 
 
 def validate(config: Config) -> Config:
     """Check choices and ranges; raise one CifarlabError naming the key and the allowed values."""
     flat = _flatten(config.to_dict())
+    for key, value in flat.items():
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise CifarlabError(f"{key}={value}: NaN and infinity are not allowed; give a finite number")
     for key, choices in _CHOICES.items():
         if flat[key] not in choices:
             raise CifarlabError(f"{key}={flat[key]!r} is not allowed; choose one of: {', '.join(choices)}")
@@ -286,13 +291,13 @@ def _merged(old: dict, new: dict) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CifarlabError(f"config file '{path}' does not exist")
+    text = read_text(path, "config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise CifarlabError(f"config file '{path}' is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}: {getattr(e, 'problem', '')})" if mark else ""
+        raise CifarlabError(f"config file '{path}' is not valid YAML{where}") from None
     return data or {}
 
 

@@ -192,7 +192,7 @@ def test_bad_sources_and_targets_give_clear_errors(synthetic_root, tmp_path, cap
         (["--from", str(tmp_path / "cnn.safetensors"), "--arch", "lenet"],
          r"shape mismatch: 0\.weight \(64, 3, 3, 3\) vs \(6, 3, 5, 5\)"),
         (["--from", str(tmp_path / "resnet20.pt")], "name the architecture it was saved from with --arch"),
-        (["--from", str(tmp_path / "evil.pt"), "--arch", "resnet20"], "cannot be read safely"),
+        (["--from", str(tmp_path / "evil.pt"), "--arch", "resnet20"], "holds code or objects other than tensors.*refused"),
         (["--from", str(tmp_path / "nowhere")], "'.*nowhere' does not exist; give a run directory"),
         (["--from", "torchvision:resnet9000"], "unknown torchvision model 'resnet9000'"),
         (["--from", "torchvision:resnet18:NOPE"], "no weights 'NOPE' for resnet18; it has: IMAGENET1K_V1"),

@@ -230,7 +230,7 @@ def test_bad_run_directories_give_one_clear_error_and_write_nothing(synthetic_ro
         assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["metrics.jsonl", "unfinished"]
     (unfinished / "eval.json").write_text("{not json")
-    with pytest.raises(CifarlabError, match="eval.json' is corrupt"):
+    with pytest.raises(CifarlabError, match=r"eval.json' is not valid JSON \(line 1"):
         write_report(unfinished)
 
 

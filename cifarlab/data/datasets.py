@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import CifarlabError
+from ..errors import CifarlabError, first_line
 from .unpickle import RefusedGlobal, load_restricted_pickle
 
 
@@ -29,8 +28,10 @@ class DatasetSpec:
     train_files: tuple[tuple[str, str], ...]  # (file name, official md5)
     test_files: tuple[tuple[str, str], ...]
     meta_file: tuple[str, str]
+    official_sizes: dict[str, int]  # bytes of the official files, where confirmed: such a file must match its md5
     label_key: str  # key of the labels in each batch
     names_key: str  # key of the class names in the meta file
+    num_classes: int
     mean: tuple[float, float, float]  # published training-set statistics, 0..1 scale
     std: tuple[float, float, float]
 
@@ -52,8 +53,11 @@ _CIFAR10 = dict(
     ),
     test_files=(("test_batch", "40351d587109b95175f43aff81a1287e"),),
     meta_file=("batches.meta", "5ff9c542aee3614f3951f8cda6e48888"),
+    official_sizes={"data_batch_1": 31035704, "data_batch_2": 31035320, "data_batch_3": 31035999,
+                    "data_batch_4": 31035696, "data_batch_5": 31035623, "test_batch": 31035526, "batches.meta": 158},
     label_key="labels",
     names_key="label_names",
+    num_classes=10,
     mean=(0.4914, 0.4822, 0.4465),
     std=(0.2470, 0.2435, 0.2616),
 )
@@ -64,16 +68,18 @@ _CIFAR100 = dict(
     train_files=(("train", "16019d7e3df5f24257cddd939b257f8d"),),
     test_files=(("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),),
     meta_file=("meta", "7973b15100ade9c7d40fb424638fde48"),
+    official_sizes={"meta": 1473},  # train/test: official sizes not confirmed here (the shared copy is a rebuild)
     mean=(0.5071, 0.4865, 0.4409),
     std=(0.2673, 0.2564, 0.2762),
 )
 DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(name="cifar10", **_CIFAR10),
     "cifar100": DatasetSpec(
-        name="cifar100", label_key="fine_labels", names_key="fine_label_names", **_CIFAR100
+        name="cifar100", label_key="fine_labels", names_key="fine_label_names", num_classes=100, **_CIFAR100
     ),
     "cifar100-coarse": DatasetSpec(
-        name="cifar100-coarse", label_key="coarse_labels", names_key="coarse_label_names", **_CIFAR100
+        name="cifar100-coarse", label_key="coarse_labels", names_key="coarse_label_names", num_classes=20,
+        **_CIFAR100,
     ),
 }
 
@@ -162,7 +168,7 @@ def locate(name: str, data_dir: str | Path | None = None, download: bool = True)
     return root / spec.folder
 
 
-def _read_file(path: Path) -> dict:
+def _read_file(spec: DatasetSpec, path: Path) -> dict:
     """Parse one batch file, turning every failure into a message that says what to do."""
     fix = (
         f"Delete '{path.parent}' and run `cifarlab data download --data-dir {path.parent.parent}`, "
@@ -170,24 +176,51 @@ def _read_file(path: Path) -> dict:
     )
     if not path.is_file():
         raise CifarlabError(f"missing data file '{path}'. {fix}")
+    if not _is_intact(spec, path):
+        raise CifarlabError(f"'{path}' has the size of the official file but not its md5: it is damaged. {fix}")
     try:
         obj = load_restricted_pickle(path)
     except RefusedGlobal as e:
         raise CifarlabError(f"'{path}' is not a valid CIFAR file ({e}). {fix}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-        raise CifarlabError(f"'{path}' is truncated or corrupt ({type(e).__name__}: {e}). {fix}") from None
+    except Exception as e:  # a damaged pickle fails in many ways (EOFError, ValueError, struct.error, ...)
+        raise CifarlabError(f"'{path}' is truncated or corrupt ({type(e).__name__}: {first_line(e)}). {fix}") from None
     if not isinstance(obj, dict):
         raise CifarlabError(f"'{path}' is not a CIFAR batch (a {type(obj).__name__}, not a dict). {fix}")
     return obj
 
 
+_INTACT: set[tuple[str, int, int]] = set()  # (path, size, mtime) of files whose md5 this process checked
+
+
+def _is_intact(spec: DatasetSpec, path: Path) -> bool:
+    """A file with its official size must have its official md5, so a flipped bit in the pixels
+    does not train silently. That costs one md5 pass (about 0.06 s per 30 MB file), once per
+    file per process. Files of other sizes (a subset, the shared CIFAR-100 rebuild, synthetic
+    test data) get only the shape and label checks of `load_split`; `cifarlab data verify`
+    compares every md5."""
+    stat = path.stat()
+    if spec.official_sizes.get(path.name) != stat.st_size:
+        return True
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _INTACT:
+        if md5sum(path) != dict(spec.files)[path.name]:
+            return False
+        _INTACT.add(key)
+    return True
+
+
 def _all_classes(name: str, data_dir: str | Path | None, download: bool) -> list[str]:
     spec = get_spec(name)
     folder = locate(name, data_dir, download)
-    meta = _read_file(folder / spec.meta_file[0])
-    classes = meta.get(spec.names_key)
+    path = folder / spec.meta_file[0]
+    classes = _read_file(spec, path).get(spec.names_key)
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise CifarlabError(f"'{folder / spec.meta_file[0]}' has no class-name list '{spec.names_key}'")
+        raise CifarlabError(f"'{path}' has no class-name list '{spec.names_key}'")
+    if len(classes) != spec.num_classes or len(set(classes)) < len(classes):
+        raise CifarlabError(
+            f"'{path}': '{spec.names_key}' must be {spec.num_classes} different names, got {len(classes)} "
+            f"({len(set(classes))} different); the file is corrupt"
+        )
     return classes
 
 
@@ -208,20 +241,30 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None, downlo
     images, labels = [], []
     for file_name, _ in files:
         path = folder / file_name
-        batch = _read_file(path)
-        data, batch_labels = batch.get("data"), batch.get(spec.label_key)
+        batch = _read_file(spec, path)
+        data, batch_labels = batch.get("data"), _as_labels(batch.get(spec.label_key))
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             raise CifarlabError(f"'{path}': 'data' is not a uint8 array of shape (N, 3072); the file is corrupt")
-        batch_labels = np.asarray(batch_labels, dtype=np.int64) if batch_labels is not None else None
+        if len(data) == 0:
+            raise CifarlabError(f"'{path}' holds no images; the file is corrupt")
         if batch_labels is None or batch_labels.shape != (len(data),):
-            raise CifarlabError(f"'{path}': '{spec.label_key}' missing or not one label per image")
+            raise CifarlabError(f"'{path}': '{spec.label_key}' missing or not one integer label per image")
         if batch_labels.min() < 0 or batch_labels.max() >= len(classes):
             raise CifarlabError(f"'{path}': labels outside 0..{len(classes) - 1}; the file is corrupt")
         images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(batch_labels)
+        labels.append(batch_labels.astype(np.int64))
     data = ImageSet(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)), classes)
     picked = subset_classes(name, classes)
     return data if picked is None else data.select_classes(picked)
+
+
+def _as_labels(value) -> np.ndarray | None:
+    """A batch's labels as an integer array, or None if they are not a flat list of integers."""
+    try:
+        labels = np.asarray(value)
+    except ValueError:  # a ragged list
+        return None
+    return labels if labels.ndim == 1 and labels.dtype.kind in "iu" else None
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 5000) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -77,6 +77,12 @@ def read_image_folder(root: str | Path, size: int) -> dict[str, ImageSet]:
                 unreadable.append(f"{Path(path).relative_to(root)} ({type(e).__name__}: {e})")
         if not images:
             raise CifarlabError(f"no readable image in the {split} images of '{root}'; e.g. {'; '.join(unreadable[:3])}")
+        empty = sorted(set(range(len(classes))) - set(labels)) if split == "train" else []
+        if empty:
+            raise CifarlabError(
+                f"class folder(s) {', '.join(str(folders['train'] / classes[i]) for i in empty)} hold no readable image; "
+                f"add images or remove the folder (a class without images cannot be learned)"
+            )
         sets[split] = ImageSet(torch.stack(images), torch.tensor(labels), classes)
     if unreadable:
         shown = "\n  ".join(unreadable[:10]) + (f"\n  … and {len(unreadable) - 10} more" if len(unreadable) > 10 else "")

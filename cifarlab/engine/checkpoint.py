@@ -10,8 +10,11 @@ unpickles code: weights are safetensors, and `state.pt` is read with `weights_on
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,25 +23,33 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import CifarlabError
-from ..fileio import fsync
+from ..config import Config, from_dict
+from ..errors import CifarlabError, first_line
+from ..fileio import disk_full_as_os_error, fsync, read_json
 from ..models import create_model
 
 FORMAT = "cifarlab-checkpoint-v1"
 
 
 def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], meta: dict, state: dict | None = None) -> None:
-    """Write a checkpoint folder atomically (see module docstring)."""
+    """Write a checkpoint folder atomically (see module docstring); a failed write (a full
+    disk) removes its partial folder and leaves the previous checkpoint in place."""
     partial = folder.with_name(folder.name + ".partial")
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, partial / "model.safetensors")
-    (partial / "meta.json").write_text(json.dumps({"format": FORMAT, **meta}, indent=2) + "\n")
-    if state is not None:
-        torch.save(state, partial / "state.pt")
-    for path in partial.iterdir():
-        fsync(path)
+    try:
+        with disk_full_as_os_error(partial / "model.safetensors"):
+            save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, partial / "model.safetensors")
+        (partial / "meta.json").write_text(json.dumps({"format": FORMAT, **meta}, indent=2) + "\n")
+        if state is not None:
+            with disk_full_as_os_error(partial / "state.pt"):
+                torch.save(state, partial / "state.pt")
+        for path in partial.iterdir():
+            fsync(path)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if folder.exists():
         os.replace(folder, old)
     os.replace(partial, folder)  # a crash between the two renames is finished by recover_checkpoint
@@ -59,16 +70,48 @@ def recover_checkpoint(folder: Path) -> None:
 
 
 def read_meta(folder: Path) -> dict:
+    """meta.json, checked before anything uses it: one CifarlabError for a wrong type, a
+    missing key or normalization that would give NaN predictions (std 0)."""
     path = folder / "meta.json"
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CifarlabError(f"'{folder}' is not a cifarlab checkpoint (no meta.json)") from None
-    except json.JSONDecodeError as e:
-        raise CifarlabError(f"'{path}' is corrupt ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise CifarlabError(f"'{path}' is not a {FORMAT} file (format={meta.get('format')!r})")
+    if not path.exists():
+        raise CifarlabError(f"'{folder}' is not a cifarlab checkpoint (no meta.json)")
+    meta = read_json(path, "checkpoint file")
+    problem = _meta_problem(meta)
+    if problem:
+        raise CifarlabError(f"'{path}' is not a valid {FORMAT} file: {problem}")
     return meta
+
+
+def _meta_problem(meta) -> str | None:
+    """What is wrong with a parsed meta.json, or None."""
+    if not isinstance(meta, dict):
+        return f"a JSON {type(meta).__name__}, not an object"
+    if meta.get("format") != FORMAT:
+        return f"format={meta.get('format')!r}"
+    missing = [key for key in ("model", "classes", "mean", "std") if key not in meta]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if not isinstance(meta["model"], str):
+        return "'model' must be a model name"
+    classes = meta["classes"]
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        return "'classes' must be a list of two or more names"
+    if len(set(classes)) < len(classes):
+        return "'classes' names a class twice"
+    for key in ("mean", "std"):
+        values = meta[key]
+        if not (isinstance(values, list) and len(values) == 3 and all(_is_finite_number(v) for v in values)):
+            return f"'{key}' must be three numbers (one per RGB channel)"
+    if min(meta["std"]) <= 0:
+        return "'std' must be > 0"
+    for key in ("model_options", "config"):
+        if not isinstance(meta.get(key, {}), dict):
+            return f"'{key}' must be an object"
+    return None
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -82,12 +125,25 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def read_state(folder: Path) -> dict:
     path = folder / "state.pt"
+    if not path.is_file():
+        raise CifarlabError(f"'{folder}' has no resume state (state.pt)")
+    return load_tensors(path)
+
+
+def load_tensors(path: Path):
+    """`torch.load(weights_only=True)` with one-line errors: torch's own text for a refused
+    file is eight lines that advise `weights_only=False`, which is exactly what not to do."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CifarlabError(f"'{folder}' has no resume state (state.pt)") from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise to a user
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged or hostile file
-        raise CifarlabError(f"'{path}' cannot be read safely ({type(e).__name__}: {e})") from None
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            raise CifarlabError(
+                f"'{path}' holds code or objects other than tensors (or is no torch.save file): refused, nothing "
+                f"in it was run; convert it to safetensors where you trust it"
+            ) from None
+        raise CifarlabError(f"'{path}' is truncated or corrupt ({type(e).__name__}: {first_line(e)})") from None
 
 
 def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
@@ -137,6 +193,12 @@ class Checkpoint:
     std: tuple[float, ...]
     meta: dict
     folder: Path
+
+    def config(self) -> Config:
+        """The run's saved config (evaluation rebuilds its data from it)."""
+        if "config" not in self.meta:
+            raise CifarlabError(f"'{self.folder}/meta.json' has no saved config; it cannot be evaluated on its dataset")
+        return from_dict(self.meta["config"])
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:

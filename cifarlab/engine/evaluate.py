@@ -4,12 +4,15 @@ precision/recall/F1 and the confusion matrix."""
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data import DeviceLoader
+from ..errors import CifarlabError
+from ..fileio import read_json
 
 TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}
 
@@ -102,3 +105,23 @@ def format_report(metrics: dict, classes: list[str]) -> str:
         for name, row in zip(classes, metrics["confusion_matrix"]):
             lines.append(f"{name[:13]:>13} " + "".join(f"{v:6d}" for v in row))
     return "\n".join(lines)
+
+
+def read_result(run_dir: str | Path) -> dict:
+    """A finished run's eval.json (what the final test wrote), or one CifarlabError saying why
+    there is none or why it cannot be used."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CifarlabError(f"run directory '{run_dir}' does not exist")
+    path = run_dir / "eval.json"
+    if not path.exists():
+        raise CifarlabError(
+            f"'{run_dir}' has no eval.json: it is not a finished run (continue it with "
+            f"`cifarlab train --out {run_dir} --resume`)"
+        )
+    result = read_json(path, "test results")
+    if not isinstance(result, dict) or not {"accuracy", "per_class", "confusion_matrix", "checkpoint"} <= result.keys():
+        raise CifarlabError(f"'{path}' is not a cifarlab eval.json (missing keys)")
+    if result["checkpoint"] not in ("best", "last"):
+        raise CifarlabError(f"'{path}' names an unknown checkpoint {result['checkpoint']!r} (expected best or last)")
+    return result

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, from_dict
+from ..config import Config
 from ..data import DeviceLoader, ImageSet, make_splits, read_image
 from ..errors import CifarlabError
 from .checkpoint import Checkpoint, load_checkpoint
@@ -28,7 +28,7 @@ def evaluate(
         raise CifarlabError(f"unknown TTA '{tta}'; choose none, flip or flip-translate")
     dev = select_device(device)
     checkpoint = load_checkpoint(source, dev)
-    config = from_dict(checkpoint.meta["config"])
+    config = checkpoint.config()
     if data_dir is not None:
         config.data.data_dir = data_dir
     splits = make_splits(config.data)
@@ -59,7 +59,7 @@ def classify_images(source: str | Path, paths: list[str | Path], top_k: int = 5,
     were (size, normalization)."""
     dev = select_device(device)
     checkpoint = load_checkpoint(source, dev)
-    size = from_dict(checkpoint.meta["config"]).data.image_size
+    size = checkpoint.config().data.image_size
     images = torch.stack([read_image(p, size) for p in paths])
     data = ImageSet(images, torch.zeros(len(images), dtype=torch.long), checkpoint.classes)
     loader = DeviceLoader(data, 256, checkpoint.mean, checkpoint.std, device=dev, channels_last=False)

@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from ..fileio import parse_json, read_text
+
 
 class MetricsLog:
     def __init__(self, path: Path):
@@ -28,4 +30,6 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """Every record; a damaged line is named by its own line number."""
+    lines = read_text(path, "metrics log").splitlines()
+    return [parse_json(line, f"metrics log '{path}'", i) for i, line in enumerate(lines, 1) if line.strip()]

@@ -17,11 +17,9 @@ from typing import Callable
 
 import torch
 import torchvision
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from ..config import FinetuneConfig
-from ..engine.checkpoint import find_checkpoint, read_meta, read_weights
+from ..engine.checkpoint import find_checkpoint, load_tensors, read_meta, read_weights
 from ..errors import CifarlabError
 from ..models import check_model_name
 from ..models.external import import_timm
@@ -135,14 +133,7 @@ def _weights_file(path: Path, arch: str | None) -> Source:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a safetensors file, or from a torch.save file without unpickling code."""
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(path)
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError) as e:
-        raise CifarlabError(f"'{path}' is truncated or corrupt ({e})") from None
-    except Exception as e:  # torch raises many types for a damaged or hostile file
-        raise CifarlabError(f"'{path}' cannot be read safely as weights ({type(e).__name__}: {e})") from None
+    weights = read_weights(path) if path.suffix == ".safetensors" else load_tensors(path)
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CifarlabError(f"'{path}' is not a state dict (a mapping of parameter names to tensors)")
     return weights

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import Config, from_dict, read_yaml
+from ..engine.evaluate import read_result
 from ..errors import CifarlabError
 from ..fileio import write_text
 from ..models import create_model, model_stats
 from . import page, plots
-from .report import read_records, read_result
+from .report import read_records
 
 
 def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare.html") -> Path:

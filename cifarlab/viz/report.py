@@ -9,7 +9,6 @@ evaluated again on the test split rebuilt from the run's saved config.
 from __future__ import annotations
 
 import datetime
-import json
 import time
 from html import escape
 from pathlib import Path
@@ -17,8 +16,9 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..config import Config, from_dict
+from ..config import Config
 from ..engine.checkpoint import Checkpoint, load_checkpoint
+from ..engine.evaluate import read_result
 from ..engine.metrics_log import read_metrics
 from ..engine.runtime import select_device
 from ..errors import CifarlabError
@@ -31,34 +31,9 @@ from .saliency import grad_cam
 PREDICTIONS, MISTAKES, SALIENCY_IMAGES, CALIBRATION_BINS = 32, 24, 10, 15
 
 
-def read_result(run_dir: str | Path) -> dict:
-    """A finished run's eval.json, or one CifarlabError saying why there is none."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CifarlabError(f"run directory '{run_dir}' does not exist")
-    path = run_dir / "eval.json"
-    if not path.is_file():
-        raise CifarlabError(
-            f"'{run_dir}' has no eval.json: it is not a finished run (continue it with "
-            f"`cifarlab train --out {run_dir} --resume`)"
-        )
-    try:
-        result = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CifarlabError(f"'{path}' is corrupt ({e})") from None
-    if not isinstance(result, dict) or not {"accuracy", "per_class", "confusion_matrix", "checkpoint"} <= result.keys():
-        raise CifarlabError(f"'{path}' is not a cifarlab eval.json (missing keys)")
-    if result["checkpoint"] not in ("best", "last"):
-        raise CifarlabError(f"'{path}' names an unknown checkpoint {result['checkpoint']!r} (expected best or last)")
-    return result
-
-
 def read_records(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
-    try:
-        return read_metrics(path) if path.is_file() else []
-    except json.JSONDecodeError as e:
-        raise CifarlabError(f"'{path}' is corrupt ({e})") from None
+    return read_metrics(path) if path.is_file() else []
 
 
 def write_report(run_dir: str | Path, data_dir: str | None = None, device: str = "auto") -> Path:
@@ -69,7 +44,7 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, device: str =
     records = read_records(run_dir)
     dev = select_device(device)
     checkpoint = load_checkpoint(run_dir / "checkpoints" / result["checkpoint"], dev)
-    config = from_dict(checkpoint.meta["config"])
+    config = checkpoint.config()
     config_text = config.to_yaml()  # as the run was trained, before a --data-dir override
     if data_dir is not None:
         config.data.data_dir = data_dir
