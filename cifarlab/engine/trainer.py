@@ -25,7 +25,6 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import Config, from_dict, read_yaml, resolve, validate
 from ..data import DeviceLoader, Splits, make_splits
-from ..data.policies import make_policy
 from ..errors import CifarlabError
 from ..fileio import write_json, write_text
 from ..transfer import build_model, with_source
@@ -106,12 +105,9 @@ class Trainer:
                 f"choose a multiple of {world}"
             )
         loader_args = dict(mean=splits.mean, std=splits.std, device=device, channels_last=c.train.channels_last)
-        a = c.augment
         self.train_loader = DeviceLoader(
-            splits.train, c.train.batch_size, translate=a.translate, padding_mode=a.padding_mode, flip=a.flip,
-            cutout_size=a.cutout, policy=make_policy(a.policy, a.randaugment_ops, a.randaugment_magnitude),
-            random_erasing=a.random_erasing, mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha, shuffle=True,
-            drop_last=True, seed=c.train.seed, rank=distributed.rank(), world_size=world, **loader_args,
+            splits.train, c.train.batch_size, augment=c.augment, shuffle=True, drop_last=True, seed=c.train.seed,
+            rank=distributed.rank(), world_size=world, **loader_args,
         )  # fmt: skip
         if len(self.train_loader) == 0:
             raise CifarlabError(
@@ -228,7 +224,7 @@ class Trainer:
         """Let a model set weights from data before the first step (airbench's whitening
         conv): it gets the first 5,000 training images, normalized, unaugmented."""
         if hasattr(self.model, "init_from_data"):
-            images = self.train_loader.transform(self.train_loader.images[:5000], None)
+            images = self.train_loader.prepare(self.train_loader.images[:5000])
             self.model.init_from_data(images)
             distributed.broadcast_state(self.model)  # rank 0's result: eigh may differ in the last bits across machines
 

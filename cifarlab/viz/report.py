@@ -204,7 +204,7 @@ def _saliency(checkpoint: Checkpoint, predictions: analysis.Predictions, figures
     images = predictions.images[index]
     predicted = predictions.logits[index].argmax(1)
     try:
-        cam = grad_cam(checkpoint.model, predictions.loader.transform(images.to(device), None), predicted.to(device))
+        cam = grad_cam(checkpoint.model, predictions.loader.prepare(images), predicted.to(device))
     except CifarlabError as e:
         return page.note(str(e))
     classes, confidence = predictions.classes, predictions.probabilities[index].max(1).values
