@@ -11,9 +11,6 @@ from torch import nn
 
 from ..data import DeviceLoader
 
-TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}
-
-
 def _flip_average(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (model(x) + model(x.flip(-1)))
 
