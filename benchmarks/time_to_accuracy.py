@@ -32,7 +32,7 @@ from torchvision import transforms
 
 import cifarlab
 from cifarlab.data import DeviceLoader, get_spec, load_split, locate
-from cifarlab.engine.evaluate import predict
+from cifarlab.engine.metrics import predict
 from cifarlab.engine.runtime import autocast, hardware
 
 THRESHOLDS = (0.90, 0.93, 0.94)

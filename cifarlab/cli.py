@@ -224,7 +224,7 @@ def _finetune(args) -> None:
 
 def _eval(args) -> None:
     from .engine import evaluate
-    from .engine.evaluate import format_report
+    from .engine.metrics import format_report
 
     metrics = evaluate(args.source, split=args.split, tta=args.tta, data_dir=args.data_dir, device=args.device)
     if args.json:

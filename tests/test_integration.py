@@ -1,4 +1,5 @@
-"""End to end on the real CIFAR-10: the seed's tutorial recipe, cut down to fit a test."""
+"""End to end on the real CIFAR-10: the tutorial recipe (the classic PyTorch CIFAR-10 tutorial), cut down
+to fit a test."""
 
 import json
 

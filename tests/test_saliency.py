@@ -7,7 +7,7 @@ from torch import nn
 
 from cifarlab.errors import CifarlabError
 from cifarlab.models import create_model, list_models
-from cifarlab.viz.layers import cam_layer, classifier_layer, first_layer_filters
+from cifarlab.viz.model_parts import cam_layer, classifier_layer, first_layer_filters
 from cifarlab.viz.saliency import grad_cam
 
 

@@ -10,7 +10,7 @@ from ..config import Config, choices, from_dict
 from ..data import DeviceLoader, ImageSet, make_splits, read_image
 from ..errors import CifarlabError
 from .checkpoint import Checkpoint, load_checkpoint
-from .evaluate import metrics_from_logits, predict
+from .metrics import metrics_from_logits, predict
 from .runtime import autocast, select_device
 
 

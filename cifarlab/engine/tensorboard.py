@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torchvision.utils import make_grid
 
-from ..viz.layers import first_layer_filters
+from ..viz.model_parts import first_layer_filters
 from .distributed import is_writer
 
 # metrics.jsonl key → TensorBoard tag, per kind of record

@@ -30,7 +30,7 @@ from ..fileio import write_json, write_text
 from ..transfer import build_model, with_source
 from . import distributed
 from .checkpoint import load_weights_into, read_state, read_weights, recover_checkpoint, save_checkpoint
-from .evaluate import format_report, metrics_from_logits, predict
+from .metrics import format_report, metrics_from_logits, predict
 from .metrics_log import MetricsLog
 from .lookahead import Lookahead
 from .optim import build_optimizers, set_learning_rates
@@ -113,7 +113,7 @@ class Trainer:
             raise CifarlabError(
                 f"train.batch_size={c.train.batch_size} is larger than the {len(splits.train)} training images"
             )
-        # each rank evaluates its part of val/test; `evaluate` gathers the logits on every rank
+        # each rank evaluates its part of val/test; `predict_split` gathers the logits on every rank
         self.val_loader = (
             DeviceLoader(distributed.shard(splits.val), c.train.eval_batch_size, **loader_args) if splits.val else None
         )
@@ -271,7 +271,7 @@ class Trainer:
         record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": loss_sum / seen, "train_acc": correct / seen}
         val = None
         if self.val_loader is not None:
-            logits, labels = self.evaluate(self.val_loader, len(self.splits.val), "none")
+            logits, labels = self.predict_split(self.val_loader, len(self.splits.val), "none")
             val = metrics_from_logits(logits, labels, self.splits.classes)
             record.update(val_loss=val["loss"], val_acc=val["accuracy"])
         record.update(lr=self.lr(), elapsed=time.perf_counter() - self.clock)
@@ -292,7 +292,7 @@ class Trainer:
             self.save_last()
         self.notify("on_epoch_end")
 
-    def evaluate(self, loader: DeviceLoader, total: int, tta: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_split(self, loader: DeviceLoader, total: int, tta: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels of a whole split (`total` images) on every rank; each predicts its shard."""
         logits, labels = predict(self.eval_model, loader, tta, autocast(self.device, self.config.train.precision))
         return distributed.gather_shards(logits, total), distributed.gather_shards(labels, total)
@@ -398,7 +398,7 @@ class Trainer:
         if chosen == "best":
             load_weights_into(self.eval_model, read_weights(best / "model.safetensors"), str(best))
         start = time.perf_counter()
-        logits, labels = self.evaluate(self.test_loader, len(self.splits.test), c.tta)
+        logits, labels = self.predict_split(self.test_loader, len(self.splits.test), c.tta)
         metrics = metrics_from_logits(logits, labels, self.splits.classes)
         result = {
             "split": "test",

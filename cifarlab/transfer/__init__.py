@@ -17,9 +17,9 @@ from ..config import Config, FinetuneConfig, resolve, validate
 from ..errors import CifarlabError
 from ..models import create_model
 from .sources import Source, open_source
-from .surgery import apply_strategy, fresh_keys, layers, load_source
+from .surgery import apply_strategy, depth_groups, fresh_keys, load_source
 
-__all__ = ["Source", "build_model", "finetune", "finetune_config", "layers", "open_source", "with_source"]
+__all__ = ["Source", "build_model", "depth_groups", "finetune", "finetune_config", "open_source", "with_source"]
 
 
 def build_model(config: Config, num_classes: int) -> nn.Module:

@@ -25,7 +25,7 @@ from ..errors import CifarlabError
 from ..fileio import write_text
 from ..models import model_stats
 from . import analysis, page, plots
-from .layers import first_layer_filters
+from .model_parts import first_layer_filters
 from .saliency import grad_cam
 
 PREDICTIONS, MISTAKES, SALIENCY_IMAGES, CALIBRATION_BINS = 32, 24, 10, 15

@@ -1,5 +1,6 @@
-"""Evaluation: logits with optional test-time augmentation, then accuracy, loss, per-class
-precision/recall/F1 and the confusion matrix."""
+"""A model's metrics on a split: logits with optional test-time augmentation, then accuracy,
+loss, per-class precision/recall/F1 and the confusion matrix, and their text summary.
+(metrics_log.py is something else: the metrics.jsonl file a run appends to.)"""
 
 from __future__ import annotations
 
