@@ -15,7 +15,7 @@ from cifarlab.data.image_ops import OPS, apply_ops
 from cifarlab.data.policies import AugMix, AutoAugment, RandAugment, TrivialAugmentWide, make_policy
 from cifarlab.engine.metrics_log import read_metrics
 
-from conftest import real_data_root
+from helpers import real_data_root
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 POLICIES = {"autoaugment": AutoAugment, "randaugment": RandAugment, "trivialaugment": TrivialAugmentWide, "augmix": AugMix}
@@ -218,6 +218,7 @@ def test_resume_and_rank_shards_see_the_same_augmentation():
         assert torch.equal(torch.cat([s[b][0] for s in shards]), x) and torch.equal(torch.cat([s[b][1] for s in shards]), y)
 
 
+@pytest.mark.slow
 def test_training_with_policy_mixing_and_erasing(synthetic_root, tmp_path):
     config = cifarlab.resolve_config(
         "resnet20",

@@ -25,7 +25,7 @@ from cifarlab.models import create_model, list_models
 from cifarlab.models.external import ResizeInputs
 from cifarlab.transfer import build_model, with_source
 from cifarlab.transfer.surgery import depth_groups, fresh_keys, load_source
-from conftest import write_source_checkpoint
+from helpers import per_model, write_source_checkpoint
 
 
 def small_finetune(source, target, strategy, data_root, out, *sets, **kwargs):
@@ -35,9 +35,9 @@ def small_finetune(source, target, strategy, data_root, out, *sets, **kwargs):
 
 
 # ------------------------------------------------------------------------------ head surgery
-@pytest.mark.parametrize("name, options", [(n, {}) for n in list_models()] + [
+@pytest.mark.parametrize("name, options", per_model([(n, {}) for n in list_models()] + [
     ("torchvision:resnet18", {}), ("torchvision:resnet18", {"cifar_stem": True}), ("torchvision:mobilenet_v3_small", {}),
-])  # fmt: skip
+]))  # fmt: skip
 def test_head_surgery_keeps_every_weight_but_the_head(name, options):
     torch.manual_seed(0)
     weights = create_model(name, num_classes=10).state_dict()  # the source: 10 classes, default options
@@ -95,6 +95,7 @@ def test_vit_blocks_are_layers_of_their_own():
 
 
 # --------------------------------------------------------------------------------- strategies
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, strategy, trained", [
     ("resnet20", "linear", ("head.2.",)),
     ("resnet20", "gradual", ("head.2.", "blocks.8.")),  # 2 epochs: the head from epoch 0, the block below from 1
@@ -138,6 +139,7 @@ def test_layer_wise_lr_decay_and_unfreezing_schedule(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ sources
+@pytest.mark.slow
 def test_torchvision_weights_file_offline(synthetic_root, tmp_path):
     torch.manual_seed(0)
     imagenet_like = torchvision.models.resnet18()  # stands for downloaded ImageNet weights

@@ -3,9 +3,12 @@ to fit a test."""
 
 import json
 
+import pytest
+
 from cifarlab.cli import main
 
 
+@pytest.mark.slow
 def test_tutorial_recipe_learns_real_cifar10(real_root, tmp_path, capsys):
     out = tmp_path / "tutorial"
     argv = ["train", "--recipe", "tutorial", "--data-dir", str(real_root), "--out", str(out),
