@@ -18,8 +18,8 @@ import torch
 import torchvision
 from torchvision import transforms
 
+from cifarlab.config import AugmentConfig
 from cifarlab.data import DeviceLoader, get_spec, load_split
-from cifarlab.data.policies import make_policy
 from cifarlab.engine.runtime import hardware
 
 TORCHVISION_POLICIES = {
@@ -56,13 +56,13 @@ def main() -> None:
 
     spec = get_spec("cifar10")
     train = load_split("cifar10", "train", args.data_dir)
-    common = dict(translate=4, padding_mode="reflect", flip="random", shuffle=True, drop_last=True)
-    settings = {"crop + flip only": {}, **{name: {"policy": make_policy(name)} for name in TORCHVISION_POLICIES},
+    settings = {"crop + flip only": {}, **{name: {"policy": name} for name in TORCHVISION_POLICIES},
                 "mixup": {"mixup_alpha": 1.0}, "cutmix": {"cutmix_alpha": 1.0},
                 "random_erasing": {"random_erasing": 0.5}}  # fmt: skip
     batched = {}
     for name, options in settings.items():
-        loader = DeviceLoader(train, args.batch_size, spec.mean, spec.std, **common, **options)
+        augment = AugmentConfig(translate=4, padding_mode="reflect", flip="random", **options)
+        loader = DeviceLoader(train, args.batch_size, spec.mean, spec.std, augment, shuffle=True, drop_last=True)
         batched[name] = images_per_second(loader.epoch(0), args.batches)
     torchvision_per_image = {
         name: images_per_second(per_image(build(), train.images, args.batch_size, args.batches), args.batches)

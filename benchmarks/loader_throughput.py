@@ -18,6 +18,7 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from cifarlab.config import AugmentConfig
 from cifarlab.data import DeviceLoader, get_spec, load_split, locate
 from cifarlab.engine.runtime import hardware
 
@@ -42,10 +43,8 @@ def main() -> None:
 
     spec = get_spec("cifar10")
     train = load_split("cifar10", "train", args.data_dir)
-    device_loader = DeviceLoader(
-        train, args.batch_size, spec.mean, spec.std, translate=4, padding_mode="reflect", flip="random",
-        shuffle=True, drop_last=True,
-    )  # fmt: skip
+    crop_flip = AugmentConfig(translate=4, padding_mode="reflect", flip="random")
+    device_loader = DeviceLoader(train, args.batch_size, spec.mean, spec.std, crop_flip, shuffle=True, drop_last=True)
     results = {"cifarlab DeviceLoader": time_batches(device_loader.epoch(0), args.batches)}
 
     pipeline = transforms.Compose([

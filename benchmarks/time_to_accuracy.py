@@ -32,7 +32,7 @@ from torchvision import transforms
 
 import cifarlab
 from cifarlab.data import DeviceLoader, get_spec, load_split, locate
-from cifarlab.engine.evaluate import predict
+from cifarlab.engine.metrics import predict
 from cifarlab.engine.runtime import autocast, hardware
 
 THRESHOLDS = (0.90, 0.93, 0.94)
@@ -100,7 +100,7 @@ def run_baseline(config: cifarlab.Config, seed: int, epochs: int, batch_size: in
     loader = DataLoader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=2, persistent_workers=True)
     start = time.perf_counter()
     if hasattr(model, "init_from_data"):
-        images = DeviceLoader(train_set, 5000, spec.mean, spec.std).transform(train_set.images[:5000], None)
+        images = DeviceLoader(train_set, 5000, spec.mean, spec.std).prepare(train_set.images[:5000])
         model.init_from_data(images)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)

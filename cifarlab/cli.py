@@ -7,12 +7,15 @@ import json
 import sys
 
 from . import __version__
+from .config import CIFAR_DATASETS, choices
 from .errors import CifarlabError, describe_os_error
+
+DATASET_HELP = f"{' | '.join(CIFAR_DATASETS)}, a class subset (cifar10:cat,dog), folder:PATH"
 
 
 def _add_data_location(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="folder holding the dataset folder (default: $CIFARLAB_DATA, ./data, ~/.cache/cifarlab)")
-    p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | cifar100-coarse (default: cifar10)")
+    p.add_argument("--dataset", default="cifar10", help=f"{' | '.join(CIFAR_DATASETS)} (default: cifar10)")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -21,7 +24,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file of settings applied over the recipe")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--lr", type=float,
+                   help="peak learning rate (optim.lr) of the parameter groups without their own lr in optim.groups; "
+                        "on fast, fast90 and finetune-fast only the BatchNorm and whitening biases (per 1024 "
+                        "examples): the filters and the head have their own lr there")  # fmt: skip
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--data-dir")
@@ -60,15 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(train)
     train.add_argument("--model", help="model name (see `cifarlab models`)")
     train.add_argument("--train-subset", type=int, metavar="N", help="train on a stratified subset of N images")
-    train.add_argument("--dataset", help="cifar10 | cifar100 | cifar100-coarse, a class subset (cifar10:cat,dog), folder:PATH")
+    train.add_argument("--dataset", help=DATASET_HELP)
 
     finetune = commands.add_parser("finetune", help="adapt a pretrained model to a new task, then test it once")
     _add_run_options(finetune)
     finetune.add_argument("--from", dest="source", required=True, metavar="SOURCE",
                           help="a run or checkpoint, torchvision:<model>[:<weights>], timm:<name>, or a weights file with --arch")  # fmt: skip
-    finetune.add_argument("--data", dest="target", required=True, metavar="TARGET",
-                          help="cifar10 | cifar100 | cifar100-coarse, a class subset (cifar10:cat,dog), folder:PATH")  # fmt: skip
-    finetune.add_argument("--strategy", choices=["linear", "full", "gradual"],
+    finetune.add_argument("--data", dest="target", required=True, metavar="TARGET", help=DATASET_HELP)
+    finetune.add_argument("--strategy", choices=choices("finetune.strategy"),
                           help="linear: train the new head only; full: everything (layer-wise lr decay); gradual: unfreeze from the top")  # fmt: skip
     finetune.add_argument("--labels-per-class", type=int, metavar="N", help="train on N labelled images per class")
     finetune.add_argument("--arch", help="architecture of a weights-file source (`cifarlab models`, torchvision:<model>, timm:<name>)")
@@ -80,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
     evaluate.add_argument("--split", default="test", choices=["val", "test"])
     evaluate.add_argument(
-        "--tta", nargs="?", const="flip-translate", default="none", choices=["none", "flip", "flip-translate"],
+        "--tta", nargs="?", const="flip-translate", default="none", choices=choices("train.tta"),
         help="test-time augmentation (bare --tta: flip-translate)",
     )  # fmt: skip
     evaluate.add_argument("--data-dir")
@@ -228,7 +233,7 @@ def _finetune(args) -> None:
 
 def _eval(args) -> None:
     from .engine import evaluate
-    from .engine.evaluate import format_report
+    from .engine.metrics import format_report
 
     metrics = evaluate(args.source, split=args.split, tta=args.tta, data_dir=args.data_dir, device=args.device)
     if args.json:

@@ -13,6 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -22,6 +23,17 @@ from .models import check_model_name, model_options
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "fast"
+
+# The allowed values of every setting that is a choice: validation, `_coerce` and the CLI's
+# `choices=` all read them from here (`choices("train.tta")`).
+PaddingMode = Literal["reflect", "zeros"]
+Flip = Literal["none", "random", "alternating"]
+PolicyName = Literal["none", "autoaugment", "randaugment", "trivialaugment", "augmix"]
+OptimizerName = Literal["sgd", "adam", "adamw"]
+Schedule = Literal["constant", "step", "cosine", "linear"]
+Precision = Literal["auto", "fp32", "bf16"]
+TTA = Literal["none", "flip", "flip-translate"]
+Strategy = Literal["linear", "full", "gradual"]
 
 
 @dataclass
@@ -40,10 +52,10 @@ class DataConfig:
 @dataclass
 class AugmentConfig:
     translate: int = 4  # random crop with this much padding = a shift of up to N px
-    padding_mode: str = "reflect"  # reflect | zeros (black, as torchvision's RandomCrop)
-    flip: str = "random"  # none | random | alternating (airbench: each image flips every other epoch)
+    padding_mode: PaddingMode = "reflect"  # zeros: black, as torchvision's RandomCrop
+    flip: Flip = "random"  # alternating (airbench): each image flips every other epoch
     cutout: int = 0  # side of a zeroed square per image; 0 = off
-    policy: str = "none"  # none | autoaugment (CIFAR-10 policy) | randaugment | trivialaugment | augmix; drawn per image
+    policy: PolicyName = "none"  # drawn per image; autoaugment is its CIFAR-10 policy
     randaugment_ops: int = 2  # RandAugment: ops per image (N)
     randaugment_magnitude: int = 9  # RandAugment: magnitude bin of 0..30 (M)
     random_erasing: float = 0.0  # probability per image of zeroing a random rectangle (Zhong et al. 2020); 0 = off
@@ -59,14 +71,14 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adam | adamw
+    name: OptimizerName = "sgd"  # for every group that does not ask for muon in `groups`
     lr: float = 0.1  # peak learning rate
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = True  # Nesterov momentum for SGD
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam/AdamW
     weight_decay: float = 5e-4
     decay_norm_and_bias: bool = False  # also decay norm weights and biases (usually hurts)
-    schedule: str = "cosine"  # constant | step | cosine | linear (after warmup)
+    schedule: Schedule = "cosine"  # after warmup
     warmup_epochs: float = 0.0  # linear warmup from 0; with `linear` this is the one-cycle shape
     milestones: list[float] = field(default_factory=list)  # `step`: epochs where lr is multiplied by gamma
     gamma: float = 0.1
@@ -86,7 +98,7 @@ class OptimConfig:
 class FinetuneConfig:
     source: str | None = None  # start from: a run/checkpoint | torchvision:<model>[:<weights>] | timm:<name> | a weights file; None = from scratch
     arch: str | None = None  # the architecture a weights-file source was saved from (a `cifarlab models` name, torchvision:/timm:)
-    strategy: str = "full"  # linear (train the new head only) | full | gradual (unfreeze the layers from the top down)
+    strategy: Strategy = "full"  # linear: train the new head only; gradual: unfreeze the layers from the top down
     layer_decay: float = 1.0  # each pretrained layer's lr is the next higher one's × this (layer-wise lr decay); 1 = off
     unfreeze_every: float = 1.0  # gradual: epochs between unfreezing one more layer
     freeze_bn: bool = False  # BatchNorm layers keep the source's statistics (always in eval mode)
@@ -101,7 +113,7 @@ class TrainConfig:
     eval_batch_size: int = 500
     seed: int = 0  # drives init, order and augmentation; one seed, one result
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool = True  # NHWC: the fast layout for oneDNN on CPU and tensor cores on GPU
     compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
     deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs repeat exactly anyway)
@@ -110,7 +122,7 @@ class TrainConfig:
     log_every: int = 50  # steps between metrics.jsonl lines
     checkpoint_every: int = 0  # steps between mid-epoch `last` checkpoints; 0 = at epoch ends only
     checkpoint_epochs: int = 1  # epochs between epoch-end `last` checkpoints; 0 = after the final epoch only
-    tta: str = "none"  # final test evaluation: none | flip | flip-translate
+    tta: TTA = "none"  # final test evaluation: flip adds the mirror image, flip-translate also 1-px shifts
     out: str | None = None  # run directory; None = runs/<recipe>
     tensorboard: bool = False  # log scalars and a few images live to <out>/tensorboard (`tensorboard --logdir runs`)
     report: bool = True  # write <out>/report.html after the final test (`cifarlab report` writes it later)
@@ -134,16 +146,6 @@ class Config:
 
 
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar100-coarse")
-_CHOICES = {
-    "augment.padding_mode": ("reflect", "zeros"),
-    "augment.flip": ("none", "random", "alternating"),
-    "augment.policy": ("none", "autoaugment", "randaugment", "trivialaugment", "augmix"),
-    "optim.name": ("sgd", "adam", "adamw"),
-    "optim.schedule": ("constant", "step", "cosine", "linear"),
-    "train.precision": ("auto", "fp32", "bf16"),
-    "train.tta": ("none", "flip", "flip-translate"),
-    "finetune.strategy": ("linear", "full", "gradual"),
-}
 _NON_NEGATIVE = (
     "data.val_size", "augment.translate", "augment.cutout", "augment.mixup_alpha", "augment.cutmix_alpha", "optim.lr",
     "optim.momentum", "optim.weight_decay", "optim.warmup_epochs", "optim.gamma", "optim.final_lr_factor",
@@ -160,9 +162,8 @@ def validate(config: Config) -> Config:
     for key, value in flat.items():
         if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
             raise CifarlabError(f"{key}={value}: NaN and infinity are not allowed; give a finite number")
-    for key, choices in _CHOICES.items():
-        if flat[key] not in choices:
-            raise CifarlabError(f"{key}={flat[key]!r} is not allowed; choose one of: {', '.join(choices)}")
+    for key in _CHOICE_KEYS:
+        _check_choice(flat[key], choices(key), key)
     for key in _NON_NEGATIVE + _POSITIVE:
         value = flat[key]
         if value is not None and (value < 0 or (key in _POSITIVE and value == 0)):
@@ -184,6 +185,24 @@ def validate(config: Config) -> Config:
     if config.train.device not in ("auto", "cpu", "cuda") and not config.train.device.startswith("cuda:"):
         raise CifarlabError(f"train.device={config.train.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
     return config
+
+
+def choices(key: str) -> tuple[str, ...]:
+    """The allowed values of a choice setting, e.g. choices("train.tta"), from its Literal type."""
+    section, name = key.split(".")
+    return typing.get_args(typing.get_type_hints(typing.get_type_hints(Config)[section])[name])
+
+
+_CHOICE_KEYS = [
+    f"{section}.{name}"
+    for section, cls in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(cls)
+    for name, annotation in typing.get_type_hints(cls).items() if typing.get_origin(annotation) is Literal
+]  # fmt: skip
+
+
+def _check_choice(value, allowed: tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        raise CifarlabError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
 
 
 def _validate_dataset(data: DataConfig) -> None:
@@ -223,6 +242,9 @@ def _coerce(value, annotation, key: str):
             return None
         (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _coerce(value, inner, key)
+    if origin is Literal:
+        _check_choice(value, typing.get_args(annotation), key)
+        return value
     if origin is list:
         (item,) = typing.get_args(annotation)
         if not isinstance(value, list):

@@ -24,13 +24,13 @@ from torch import nn
 
 from .config import Config, from_dict, read_yaml, resolve, validate
 from .data import DeviceLoader, Splits, make_splits
-from .data.policies import make_policy
 from .engine import distributed
+from .engine.metrics import read_result
 from .engine.metrics_log import read_metrics
 from .engine.runtime import configure, seed_everything
 from .engine.trainer import Loaders, Run, Trainer
 from .errors import CifarlabError
-from .fileio import read_json, write_text
+from .fileio import write_text
 from .models import create_model
 from .transfer import Source, finetune_config, open_source, pretrained_model, with_source
 
@@ -208,7 +208,7 @@ def _finished(run_dir: Path, config: Config, resume: bool, verbose: bool) -> Run
         raise CifarlabError(f"--resume continues the run as saved; leave out what differs: {'; '.join(differences)}")
     if not (run_dir / "eval.json").is_file():
         return None
-    result = read_json(run_dir / "eval.json", "the run's test result")
+    result = read_result(run_dir)
     if verbose:
         print(f"run '{run_dir}' is already finished; its test results are in eval.json", file=sys.stderr)
     if config.train.report and not (run_dir / "report.html").is_file() and distributed.is_writer():
@@ -256,7 +256,7 @@ def _build_model(config: Config, num_classes: int, source: Source | None) -> tup
 
 def _loaders(config: Config, splits: Splits, device: torch.device) -> Loaders:
     """Training batches (this process's slice of every global batch) and evaluation shards."""
-    c, a, world = config.train, config.augment, distributed.world_size()
+    c, world = config.train, distributed.world_size()
     if c.batch_size % world:
         raise CifarlabError(
             f"train.batch_size={c.batch_size} is the global batch, shared equally by the {world} processes; "
@@ -265,12 +265,8 @@ def _loaders(config: Config, splits: Splits, device: torch.device) -> Loaders:
     if c.batch_size > len(splits.train):
         raise CifarlabError(f"train.batch_size={c.batch_size} is larger than the {len(splits.train)} training images")
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=c.channels_last)
-    train = DeviceLoader(
-        splits.train, c.batch_size, translate=a.translate, padding_mode=a.padding_mode, flip=a.flip,
-        cutout_size=a.cutout, policy=make_policy(a.policy, a.randaugment_ops, a.randaugment_magnitude),
-        random_erasing=a.random_erasing, mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha, shuffle=True,
-        drop_last=True, seed=c.seed, rank=distributed.rank(), world_size=world, **common,
-    )  # fmt: skip
+    train = DeviceLoader(splits.train, c.batch_size, augment=config.augment, shuffle=True, drop_last=True, seed=c.seed,
+                         rank=distributed.rank(), world_size=world, **common)  # fmt: skip
     val = DeviceLoader(distributed.shard(splits.val), c.eval_batch_size, **common) if splits.val else None
     test = DeviceLoader(distributed.shard(splits.test), c.eval_batch_size, **common)
     return Loaders(train, val, test)

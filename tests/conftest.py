@@ -4,60 +4,11 @@ and a small synthetic dataset in the official file layout, so the suite runs any
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def real_data_root() -> Path | None:
-    root = Path(os.environ.get("CIFARLAB_TEST_DATA", REPO.parent / "shared" / "data"))
-    return root if (root / "cifar-10-batches-py" / "data_batch_1").is_file() else None
-
-
-requires_real_data = pytest.mark.skipif(real_data_root() is None, reason="real CIFAR-10 not found (../shared/data)")
-
-
-def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
-    """Noisy images whose mean colour depends on the class, so a model can learn them."""
-    rng = np.random.default_rng(seed)
-    base = (labels[:, None] * 23 % 200 + 20).astype(np.int16)
-    pixels = base + rng.integers(-20, 21, size=(len(labels), 3072))
-    return pixels.clip(0, 255).astype(np.uint8)
-
-
-def write_cifar10(root: Path, per_batch: int = 100, test: int = 200) -> Path:
-    """A CIFAR-10-shaped dataset in the official python layout (pickle protocol 2)."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"num_cases_per_batch": per_batch, "label_names": CIFAR10_CLASSES, "num_vis": 3072}, f, protocol=2)
-    for i, (name, n) in enumerate([(f"data_batch_{k}", per_batch) for k in range(1, 6)] + [("test_batch", test)]):
-        labels = np.arange(n) % 10
-        batch = {"batch_label": name, "labels": labels.tolist(), "data": synthetic_images(labels, i),
-                 "filenames": [f"img_{j}.png" for j in range(n)]}  # fmt: skip
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    return root
-
-
-def write_source_checkpoint(folder: Path, name: str = "resnet20", seed: int = 0) -> Path:
-    """A cifarlab checkpoint of a freshly initialized 10-class net: a fine-tuning source whose
-    every weight is known, made in milliseconds instead of a training run."""
-    import torch
-
-    from cifarlab import create_model
-    from cifarlab.engine.checkpoint import save_checkpoint
-
-    torch.manual_seed(seed)
-    model = create_model(name, num_classes=10)
-    meta = {"model": name, "model_options": {}, "classes": CIFAR10_CLASSES, "mean": [0.5, 0.4, 0.3], "std": [0.2] * 3}
-    save_checkpoint(folder, model.state_dict(), meta)
-    return folder
+from helpers import REPO, real_data_root, write_cifar10
 
 
 @pytest.fixture(scope="session")

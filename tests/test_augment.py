@@ -9,22 +9,23 @@ import torch
 from torchvision.transforms import InterpolationMode, autoaugment
 
 import cifarlab
+from cifarlab.config import AugmentConfig
 from cifarlab.data import DeviceLoader, ImageSet, load_split
 from cifarlab.data.image_ops import OPS, apply_ops
 from cifarlab.data.policies import AugMix, AutoAugment, RandAugment, TrivialAugmentWide, make_policy
 from cifarlab.engine.metrics_log import read_metrics
 
-from conftest import real_data_root
+from helpers import real_data_root
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 POLICIES = {"autoaugment": AutoAugment, "randaugment": RandAugment, "trivialaugment": TrivialAugmentWide, "augmix": AugMix}
-# every augmentation as DeviceLoader options (crop/flip/cutout have their own tests in test_loader.py)
+# every augmentation as augment settings (crop/flip/cutout have their own tests in test_loader.py)
 AUGMENTATIONS = {
-    **{name: {"policy": make_policy(name)} for name in POLICIES},
+    **{name: {"policy": name} for name in POLICIES},
     "random_erasing": {"random_erasing": 1.0},
     "mixup": {"mixup_alpha": 1.0},
     "cutmix": {"cutmix_alpha": 1.0},
-    "cutout": {"cutout_size": 8},
+    "cutout": {"cutout": 8},
 }
 
 
@@ -125,8 +126,9 @@ def test_randaugment_and_trivialaugment_use_torchvision_magnitudes():
     assert angles == set(ta_space["Rotate"][0].tolist())  # every one of the 31 magnitude bins, drawn per image
 
 
-def loader_for(data: ImageSet, seed: int = 0, **options) -> DeviceLoader:
-    return DeviceLoader(data, 64, MEAN, STD, translate=0, flip="none", shuffle=True, drop_last=True, seed=seed, **options)
+def loader_for(data: ImageSet, seed: int = 0, **augment) -> DeviceLoader:
+    augment = AugmentConfig(translate=0, flip="none", **augment)
+    return DeviceLoader(data, 64, MEAN, STD, augment, shuffle=True, drop_last=True, seed=seed)
 
 
 def identical_images(n: int) -> ImageSet:
@@ -165,8 +167,9 @@ def test_dtype_and_value_range_are_kept(name):
     assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
     assert x.is_contiguous(memory_format=torch.channels_last)
     if name in POLICIES:  # the policy itself works on uint8 images and returns them
-        plan = AUGMENTATIONS[name]["policy"].draw(8, torch.Generator().manual_seed(0))
-        out = AUGMENTATIONS[name]["policy"].apply(photos(8), plan)
+        policy = make_policy(name)
+        plan = policy.draw(8, torch.Generator().manual_seed(0))
+        out = policy.apply(photos(8), plan)
         assert out.dtype == torch.uint8 and out.shape == (8, 3, 32, 32)
 
 
@@ -204,17 +207,18 @@ def test_mixup_blends_pixels_by_the_target_weight():
 
 def test_resume_and_rank_shards_see_the_same_augmentation():
     data = ImageSet(photos(128), torch.arange(128) % 10, [str(i) for i in range(10)])
-    everything = dict(translate=4, flip="random", cutout_size=8, policy=make_policy("randaugment"), random_erasing=0.5,
-                      mixup_alpha=0.5, cutmix_alpha=1.0)  # fmt: skip
-    whole = list(DeviceLoader(data, 32, MEAN, STD, shuffle=True, drop_last=True, seed=3, **everything).epoch(2))
-    resumed = list(DeviceLoader(data, 32, MEAN, STD, shuffle=True, drop_last=True, seed=3, **everything).epoch(2, 2))
+    everything = AugmentConfig(translate=4, flip="random", cutout=8, policy="randaugment", random_erasing=0.5,
+                               mixup_alpha=0.5, cutmix_alpha=1.0)  # fmt: skip
+    whole = list(DeviceLoader(data, 32, MEAN, STD, everything, shuffle=True, drop_last=True, seed=3).epoch(2))
+    resumed = list(DeviceLoader(data, 32, MEAN, STD, everything, shuffle=True, drop_last=True, seed=3).epoch(2, 2))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole[2:], resumed))
-    shards = [list(DeviceLoader(data, 32, MEAN, STD, shuffle=True, drop_last=True, seed=3, rank=r, world_size=2,
-                                **everything).epoch(2)) for r in range(2)]  # fmt: skip
+    shards = [list(DeviceLoader(data, 32, MEAN, STD, everything, shuffle=True, drop_last=True, seed=3, rank=r,
+                                world_size=2).epoch(2)) for r in range(2)]  # fmt: skip
     for b, (x, y) in enumerate(whole):
         assert torch.equal(torch.cat([s[b][0] for s in shards]), x) and torch.equal(torch.cat([s[b][1] for s in shards]), y)
 
 
+@pytest.mark.slow
 def test_training_with_policy_mixing_and_erasing(synthetic_root, tmp_path):
     config = cifarlab.resolve_config(
         "resnet20",

@@ -10,7 +10,7 @@ from cifarlab.config import DataConfig
 from cifarlab.data import load_split, locate, make_splits, stratified_indices, verify
 from cifarlab.data.unpickle import load_restricted_pickle
 from cifarlab.errors import CifarlabError
-from conftest import CIFAR10_CLASSES, requires_real_data, write_cifar10
+from helpers import CIFAR10_CLASSES, write_cifar10
 
 
 class _Exploit:
@@ -52,7 +52,6 @@ def test_synthetic_layout_loads(synthetic_root):
     assert train.classes == CIFAR10_CLASSES
 
 
-@requires_real_data
 def test_real_cifar10_matches_published_facts(real_root):
     train = load_split("cifar10", "train", real_root)
     test = load_split("cifar10", "test", real_root)
@@ -66,7 +65,6 @@ def test_real_cifar10_matches_published_facts(real_root):
     assert test.images[0, 0, 0, :3].tolist() == [158, 159, 165] and test.classes[test.labels[0]] == "cat"
 
 
-@requires_real_data
 def test_real_cifar100_fine_and_coarse(real_root):
     fine = load_split("cifar100", "test", real_root)
     coarse = load_split("cifar100-coarse", "test", real_root)
@@ -119,7 +117,6 @@ def test_verify_detects_md5_mismatch(tmp_path):
     assert {c.status for c in checks} == {"md5 mismatch"}  # synthetic files are not the official ones
 
 
-@requires_real_data
 def test_verify_real_files_ok_and_corruption_caught(real_root, tmp_path):
     _, checks = verify("cifar10", real_root)
     assert [c.status for c in checks] == ["ok"] * 7

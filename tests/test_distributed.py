@@ -27,7 +27,9 @@ from safetensors.torch import load_file
 from cifarlab.engine import distributed
 from cifarlab.engine.metrics_log import read_metrics
 from cifarlab.errors import CifarlabError
-from conftest import REPO
+from helpers import REPO
+
+pytestmark = pytest.mark.slow  # each test launches torchrun jobs of several processes
 
 STEPS = 20  # 2 epochs × 1000 images / global batch 100
 SETTINGS = [

@@ -11,7 +11,7 @@ import pytest
 
 from cifarlab.cli import main
 from cifarlab.data import verify
-from conftest import real_data_root, write_cifar10
+from helpers import real_data_root, write_cifar10
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,7 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_download_extracts_verified_files(server, archive, source, tmp_path, capsys):
     target = tmp_path / "data"
     assert main(["data", "download", "--data-dir", str(target), "--url", f"{server}/{archive.name}",

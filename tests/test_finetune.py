@@ -24,8 +24,8 @@ from cifarlab.errors import CifarlabError
 from cifarlab.models import create_model, list_models
 from cifarlab.models.external import ResizeInputs
 from cifarlab.transfer import finetune_config, pretrained_model
-from cifarlab.transfer.surgery import fresh_keys, layers, load_source
-from conftest import write_source_checkpoint
+from cifarlab.transfer.surgery import depth_groups, fresh_keys, load_source
+from helpers import per_model, write_source_checkpoint
 
 
 def small_finetune(source, target, strategy, data_root, out, *sets, **kwargs):
@@ -35,9 +35,9 @@ def small_finetune(source, target, strategy, data_root, out, *sets, **kwargs):
 
 
 # ------------------------------------------------------------------------------ head surgery
-@pytest.mark.parametrize("name, options", [(n, {}) for n in list_models()] + [
+@pytest.mark.parametrize("name, options", per_model([(n, {}) for n in list_models()] + [
     ("torchvision:resnet18", {}), ("torchvision:resnet18", {"cifar_stem": True}), ("torchvision:mobilenet_v3_small", {}),
-])  # fmt: skip
+]))  # fmt: skip
 def test_head_surgery_keeps_every_weight_but_the_head(name, options):
     torch.manual_seed(0)
     weights = create_model(name, num_classes=10).state_dict()  # the source: 10 classes, default options
@@ -63,8 +63,8 @@ def record_first_call(calls: dict[str, int], name: str, module, args) -> None:
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_layers_follow_the_forward_pass_from_stem_to_head(name):
-    """Layer-wise lrs and gradual unfreezing count layers from the head down, so `layers` must
+def test_depth_groups_follow_the_forward_pass_from_stem_to_head(name):
+    """Layer-wise lrs and gradual unfreezing count layers from the head down, so `depth_groups` must
     list every parameter once, in the order the forward pass reaches them, the head last: each
     parameter is timed by the first call of the module that holds it (on the meta device)."""
     with torch.device("meta"):
@@ -75,7 +75,7 @@ def test_layers_follow_the_forward_pass_from_stem_to_head(name):
             owner[f"{module_name}.{param_name}".lstrip(".")] = module_name
         module.register_forward_pre_hook(functools.partial(record_first_call, first_call, module_name))
     model(torch.zeros(1, 3, 32, 32, device="meta"))
-    order = layers(model)
+    order = depth_groups(model)
     assert sorted(n for layer in order for n in layer) == sorted(owner)  # every parameter, once
     def time(module_name: str) -> int:  # a module used through its parent's call (MHA's out_proj): the parent's
         while module_name not in first_call:
@@ -89,12 +89,13 @@ def test_layers_follow_the_forward_pass_from_stem_to_head(name):
 
 
 def test_vit_blocks_are_layers_of_their_own():
-    order = layers(create_model("vit_lite_7_4"))
+    order = depth_groups(create_model("vit_lite_7_4"))
     blocks = [layer for layer in order if layer[0].startswith("encoder.layers.")]
     assert len(blocks) == 7 and all(len({n.split(".")[2] for n in layer if n.startswith("encoder.layers.")}) == 1 for layer in blocks)
 
 
 # --------------------------------------------------------------------------------- strategies
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, strategy, trained", [
     ("resnet20", "linear", ("head.2.",)),
     ("resnet20", "gradual", ("head.2.", "blocks.8.")),  # 2 epochs: the head from epoch 0, the block below from 1
@@ -138,6 +139,7 @@ def test_layer_wise_lr_decay_and_unfreezing_schedule(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ sources
+@pytest.mark.slow
 def test_torchvision_weights_file_offline(synthetic_root, tmp_path):
     torch.manual_seed(0)
     imagenet_like = torchvision.models.resnet18()  # stands for downloaded ImageNet weights

@@ -1,10 +1,14 @@
-"""End to end on the real CIFAR-10: the seed's tutorial recipe, cut down to fit a test."""
+"""End to end on the real CIFAR-10: the tutorial recipe (the classic PyTorch CIFAR-10 tutorial), cut down
+to fit a test."""
 
 import json
+
+import pytest
 
 from cifarlab.cli import main
 
 
+@pytest.mark.slow
 def test_tutorial_recipe_learns_real_cifar10(real_root, tmp_path, capsys):
     out = tmp_path / "tutorial"
     argv = ["train", "--recipe", "tutorial", "--data-dir", str(real_root), "--out", str(out),

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cifarlab.config import AugmentConfig
 from cifarlab.data import DeviceLoader, ImageSet
 from cifarlab.data.augment import AugmentParams, crop_flip, cutout, normalize
 
@@ -54,9 +55,10 @@ def test_normalize_values():
     assert torch.allclose(out.flatten(), torch.tensor([-2.0, 2.0, (128 / 255 - 0.5) / 0.25]))
 
 
-def make_loader(data, **kw) -> DeviceLoader:
-    defaults = dict(translate=4, flip="random", cutout_size=8, shuffle=True, drop_last=True, seed=0)
-    return DeviceLoader(data, 32, MEAN, STD, **{**defaults, **kw})
+def make_loader(data, seed: int = 0, rank: int = 0, world_size: int = 1, **augment) -> DeviceLoader:
+    augment = AugmentConfig(**{"translate": 4, "flip": "random", "cutout": 8, **augment})
+    return DeviceLoader(data, 32, MEAN, STD, augment, shuffle=True, drop_last=True, seed=seed, rank=rank,
+                        world_size=world_size)  # fmt: skip
 
 
 def test_loader_is_deterministic_under_a_seed_and_differs_across_seeds():
@@ -71,7 +73,7 @@ def test_loader_is_deterministic_under_a_seed_and_differs_across_seeds():
 
 def test_augmentation_is_independent_per_sample():
     same = ImageSet(random_images(1).repeat(512, 1, 1, 1), torch.arange(512), ["x"] * 512)
-    loader = make_loader(same, cutout_size=0)
+    loader = make_loader(same, cutout=0)
     order, p = loader.epoch_plan(0)
     assert set(p.dx.tolist()) == set(range(-4, 5)) and set(p.dy.tolist()) == set(range(-4, 5))
     assert 0.4 < p.flip.float().mean() < 0.6
@@ -93,7 +95,7 @@ def test_alternating_flip_mirrors_each_image_every_other_epoch():
 
 
 def test_every_sample_once_per_epoch_and_resume_mid_epoch():
-    loader = make_loader(indexed_set(100), cutout_size=4)
+    loader = make_loader(indexed_set(100), cutout=4)
     batches = list(loader.epoch(3))
     assert len(batches) == len(loader) == 3  # drop_last: 100 // 32
     seen = torch.cat([y for _, y in batches])

@@ -8,13 +8,14 @@ from cifarlab.cli import main
 from cifarlab.errors import CifarlabError
 from cifarlab.models import create_model, list_models, model_stats, registry
 from cifarlab.models.measure import measure_throughput
+from helpers import per_model
 
 # Published parameter counts: model → (the figure as printed, the classes it was counted with,
 # its source). ImageNet-published nets are counted with a 1000-class head; their CIFAR stem (a
 # 3×3 first conv instead of 7×7, no max-pool) changes the count by under 0.1%.
 PUBLISHED = {
     "lenet": ("62,006", 10, "tutorial layers: 456 + 2,416 + 48,120 + 10,164 + 850"),
-    "simple_cnn": ("2,175,626", 10, "seed §4.3 layers"),
+    "simple_cnn": ("2,175,626", 10, "its layers: 1,792 + 73,856 + 2,097,408 + 2,570"),
     "resnet20": ("0.27M", 10, "He et al. 2016, Table 6"),
     "resnet32": ("0.46M", 10, "He et al. 2016, Table 6"),
     "resnet44": ("0.66M", 10, "He et al. 2016, Table 6"),
@@ -79,7 +80,7 @@ def regularizers_off(name: str) -> dict:
     return {k: 0.0 for k in REGULARIZERS if k in inspect.signature(registry._get_builder(name)).parameters}
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", per_model(list_models()))
 def test_output_shape_backward_and_memorizing_a_small_batch(name):
     """4 noise images with 4 different labels and a 7-class head: the first step checks the
     output shape and that every trainable parameter gets a gradient; then every model (regularizers off)
@@ -115,9 +116,9 @@ def without_zero_weights(model: torch.nn.Module) -> torch.nn.Module:
 
 @pytest.mark.parametrize(
     "name, option",
-    [("resnet20", "drop_path"), ("resnet50", "drop_path"), ("preact_resnet18", "drop_path"), ("wrn16_4", "dropout"),
+    per_model([("resnet20", "drop_path"), ("resnet50", "drop_path"), ("preact_resnet18", "drop_path"), ("wrn16_4", "dropout"),
      ("wrn16_4", "drop_path"), ("densenet_bc100", "dropout"), ("vgg11_bn", "dropout"), ("mobilenet_v2", "dropout"),
-     ("efficientnet_b0", "drop_path"), ("vit_lite_7_4", "drop_path"), ("vit_lite_7_4", "attention_dropout")],
+     ("efficientnet_b0", "drop_path"), ("vit_lite_7_4", "drop_path"), ("vit_lite_7_4", "attention_dropout")]),
 )  # fmt: skip
 def test_dropout_and_stochastic_depth_act_in_training_only(name, option):
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ from cifarlab.errors import CifarlabError
 from cifarlab.models import register_model
 from cifarlab.viz.analysis import calibration, most_confused_pairs
 from cifarlab.viz.report import write_report
-from conftest import real_data_root, write_cifar10
+from helpers import real_data_root, write_cifar10
 
 FIGURES = {"curves", "confusion", "per_class", "predictions", "mistakes", "gradcam", "filters", "embedding", "calibration"}
 SECTIONS = {"summary", "curves", "errors", "predictions", "saliency", "filters", "embedding", "calibration", "run"}
@@ -95,6 +95,7 @@ def assert_png(path_or_bytes) -> Image.Image:
     return image
 
 
+@pytest.mark.slow
 def test_train_writes_a_self_contained_report_whose_numbers_are_eval_json(finished_run):
     result = json.loads((finished_run / "eval.json").read_text())
     figures = {p.stem: p for p in (finished_run / "figures").glob("*.png")}
@@ -128,6 +129,7 @@ def test_train_writes_a_self_contained_report_whose_numbers_are_eval_json(finish
     assert "they reproduce this accuracy exactly" in text  # the recomputed predictions agree with eval.json
 
 
+@pytest.mark.slow
 def test_tensorboard_logs_what_metrics_jsonl_holds(finished_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -171,6 +173,7 @@ def run_chromium(tmp_path: Path, *args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 @requires_chromium
 def test_report_renders_in_chromium(finished_run, tmp_path):
     """Offline, every image decodes and every section is there; a screenshot shows a real page."""
@@ -198,6 +201,7 @@ def _tags(html: str) -> list[tuple[str, dict]]:
     return found
 
 
+@pytest.mark.slow
 def test_compare_overlays_runs_and_tabulates_their_eval_json(finished_run, data_root, tmp_path, capsys):
     other = train_cli(data_root, tmp_path / "seed1", "--seed", "1", "--lr", "0.002", "--epochs", "1", "--no-report")
     out = tmp_path / "cmp" / "both.html"

@@ -14,7 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from cifarlab.engine.metrics_log import read_metrics
-from conftest import write_source_checkpoint
+from helpers import write_source_checkpoint
+
+pytestmark = pytest.mark.slow  # each test runs training subprocesses and kills them
 
 TIME_FIELDS = {"elapsed", "images_per_s"}
 

@@ -7,8 +7,9 @@ from torch import nn
 
 from cifarlab.errors import CifarlabError
 from cifarlab.models import create_model, list_models
-from cifarlab.viz.layers import cam_layer, classifier_layer, first_layer_filters
+from cifarlab.viz.model_parts import cam_layer, classifier_layer, first_layer_filters
 from cifarlab.viz.saliency import grad_cam
+from helpers import per_model
 
 
 class RedDetector(nn.Module):
@@ -60,7 +61,7 @@ def _has_spatial_features_only(model: nn.Module, x: torch.Tensor) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules()) and 3 not in shapes
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", per_model(list_models()))
 def test_grad_cam_runs_for_every_registered_cnn(name):
     torch.manual_seed(0)
     model = create_model(name)

@@ -25,6 +25,7 @@ def small_config(data_root, out, *sets):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_train_writes_a_complete_run_directory(synthetic_root, tmp_path):
     run = cifarlab.train(small_config(synthetic_root, tmp_path / "run", "optim.ema_decay=0.9"), verbose=False)
     d = run.dir
@@ -48,6 +49,7 @@ def test_train_writes_a_complete_run_directory(synthetic_root, tmp_path):
     assert again["accuracy"] == result["accuracy"] and again["confusion_matrix"] == result["confusion_matrix"]
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip(synthetic_root, tmp_path):
     run = cifarlab.train(small_config(synthetic_root, tmp_path / "run", "train.epochs=1"), verbose=False)
     last = run.dir / "checkpoints" / "last"
@@ -63,6 +65,7 @@ def test_checkpoint_round_trip(synthetic_root, tmp_path):
     assert meta["model"] == "resnet20" and meta["classes"][0] == "airplane" and meta["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_mismatched_weights_name_the_keys(synthetic_root, tmp_path):
     run = cifarlab.train(small_config(synthetic_root, tmp_path / "run", "train.epochs=1"), verbose=False)
     meta_path = run.dir / "checkpoints" / "best" / "meta.json"
@@ -106,6 +109,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_p
     assert not list(out.rglob("*.partial")) and not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_existing_run_and_changed_settings_are_refused(synthetic_root, tmp_path):
     out = tmp_path / "run"
     cifarlab.train(small_config(synthetic_root, out, "train.epochs=1"), verbose=False)
@@ -192,6 +196,7 @@ def test_cli_train_eval_predict(synthetic_root, tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_gpu_settings_run_on_cpu(synthetic_root, tmp_path):
     """The fast recipe's CUDA section (bf16 autocast, channels_last, torch.compile) exercised on
     the CPU: it must train and give the same kind of result, not crash."""
@@ -217,6 +222,7 @@ class _LastCheckpointEpochs:
         self.seen.append(json.loads(meta.read_text())["epoch"] if meta.exists() else None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every, expected", [(1, [1, 2, 3]), (2, [None, 2, 3]), (0, [None, None, 3])])
 def test_checkpoint_epochs_sets_how_often_last_is_saved(synthetic_root, tmp_path, every, expected):
     probe = _LastCheckpointEpochs()

@@ -13,12 +13,13 @@ from typing import Iterator
 
 import torch
 
+from ..config import AugmentConfig
 from .augment import (
     AugmentParams, crop_flip, cutout, draw_erasing, draw_params, erase, keyed_generator, keyed_numpy_generator, normalize,
 )  # fmt: skip
 from .datasets import ImageSet
 from .mixing import draw_mixing, mix
-from .policies import Policy
+from .policies import make_policy
 
 # Stream ids mixed into the (seed, ...) keys, so each random use has its own stream (turning
 # one augmentation on does not change the draws of another).
@@ -41,15 +42,8 @@ class DeviceLoader:
         batch_size: int,
         mean: tuple[float, ...],
         std: tuple[float, ...],
+        augment: AugmentConfig | None = None,
         *,
-        translate: int = 0,
-        padding_mode: str = "reflect",
-        flip: str = "none",
-        cutout_size: int = 0,
-        policy: Policy | None = None,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
         shuffle: bool = False,
         drop_last: bool = False,
         seed: int = 0,
@@ -58,24 +52,26 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
     ):
+        """`augment` is the run's augment section, taken whole so that a new augmentation
+        touches only the config and this class; None (evaluation) augments nothing."""
         if batch_size % world_size:
             raise ValueError(f"batch size {batch_size} is not divisible by the world size {world_size}")
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
-        self.translate, self.padding_mode, self.flip, self.cutout_size = translate, padding_mode, flip, cutout_size
-        self.policy, self.random_erasing = policy, random_erasing
-        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        self.augment = augment = augment or AugmentConfig(translate=0, flip="none")
+        self.policy = make_policy(augment.policy, augment.randaugment_ops, augment.randaugment_magnitude)
         self.channels_last, self.rank, self.world_size = channels_last, rank, world_size
         self.num_classes = len(data.classes)
         self.mean = torch.tensor(mean, device=device)
         self.std = torch.tensor(std, device=device)
         n = len(self.labels)
         self.flip_base = torch.rand(n, generator=keyed_generator(seed, _FLIP_STREAM)) < 0.5
-        self.mixes = mixup_alpha > 0 or cutmix_alpha > 0
+        self.mixes = augment.mixup_alpha > 0 or augment.cutmix_alpha > 0
         self.augments = (
-            translate > 0 or flip != "none" or cutout_size > 0 or policy is not None or random_erasing > 0 or self.mixes
-        )
+            augment.translate > 0 or augment.flip != "none" or augment.cutout > 0 or self.policy is not None
+            or augment.random_erasing > 0 or self.mixes
+        )  # fmt: skip
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -89,14 +85,15 @@ class DeviceLoader:
         if not self.augments:
             return order, None
         size = self.images.shape[-1]
-        params = draw_params(n, self.translate, self.flip, generator, self.flip_base[order], epoch, size)
+        a = self.augment
+        params = draw_params(n, a.translate, a.flip, generator, self.flip_base[order], epoch, size)
         if self.policy is not None:
             params.policy = self.policy.draw(n, keyed_generator(self.seed, _POLICY_STREAM, epoch))
-        if self.random_erasing > 0:
-            params.erase = draw_erasing(n, self.random_erasing, keyed_generator(self.seed, _ERASE_STREAM, epoch), size)
+        if a.random_erasing > 0:
+            params.erase = draw_erasing(n, a.random_erasing, keyed_generator(self.seed, _ERASE_STREAM, epoch), size)
         if self.mixes:
             rng = keyed_numpy_generator(self.seed, _MIX_STREAM, epoch)
-            mixing = draw_mixing(n, self.mixup_alpha, self.cutmix_alpha, rng, size)
+            mixing = draw_mixing(n, a.mixup_alpha, a.cutmix_alpha, rng, size)
             params.partner, params.mix_weight, params.mix_box = mixing
         return order, params
 
@@ -111,23 +108,30 @@ class DeviceLoader:
             stop = min(start + shard, (b + 1) * self.batch_size, len(order))
             index = order[start:stop]
             batch_params = params[start:stop] if params is not None else None
-            x, y = self.transform(self.images[index], batch_params), self.labels[index]
+            x, y = self._transform(self.images[index], batch_params), self.labels[index]
             if self.mixes:
                 partner = batch_params.partner
-                partner_x = self.transform(self.images[order[partner]], params[partner])
+                partner_x = self._transform(self.images[order[partner]], params[partner])
                 x, y = mix(x, partner_x, y, self.labels[order[partner]], batch_params.mix_weight, batch_params.mix_box,
                            self.num_classes)  # fmt: skip
             yield self._layout(x), y
 
-    def transform(self, images: torch.Tensor, params: AugmentParams | None) -> torch.Tensor:
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images as the model sees this loader's unaugmented batches (normalized, in its
+        memory format): for work outside the epoch loop, such as a model's data-dependent init
+        or Grad-CAM on chosen images."""
+        return self._transform(images.to(self.mean.device), None)
+
+    def _transform(self, images: torch.Tensor, params: AugmentParams | None) -> torch.Tensor:
         """One image per row: crop and flip, the policy (on uint8), normalize, cutout, erasing."""
-        if params is not None and (self.translate > 0 or self.flip != "none"):
-            images = crop_flip(images, params, self.padding_mode)
+        a = self.augment
+        if params is not None and (a.translate > 0 or a.flip != "none"):
+            images = crop_flip(images, params, a.padding_mode)
         if params is not None and params.policy is not None:
             images = self.policy.apply(images, params.policy)
         x = normalize(images, self.mean, self.std)
-        if params is not None and self.cutout_size > 0:
-            x = cutout(x, params, self.cutout_size)
+        if params is not None and a.cutout > 0:
+            x = cutout(x, params, a.cutout)
         if params is not None and params.erase is not None:
             x = erase(x, params.erase)
         return self._layout(x)

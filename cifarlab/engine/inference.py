@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config
+from ..config import Config, choices
 from ..data import DeviceLoader, ImageSet, make_splits, read_image
 from ..errors import CifarlabError
 from .checkpoint import Checkpoint, load_checkpoint
-from .evaluate import metrics_from_logits, predict
+from .metrics import metrics_from_logits, predict
 from .runtime import autocast, select_device
 
 
@@ -24,8 +24,8 @@ def evaluate(
     """
     if split not in ("val", "test"):
         raise CifarlabError(f"unknown split '{split}'; choose 'val' or 'test'")
-    if tta not in ("none", "flip", "flip-translate"):
-        raise CifarlabError(f"unknown TTA '{tta}'; choose none, flip or flip-translate")
+    if tta not in choices("train.tta"):
+        raise CifarlabError(f"unknown TTA '{tta}'; choose one of: {', '.join(choices('train.tta'))}")
     dev = select_device(device)
     checkpoint = load_checkpoint(source, dev)
     config = checkpoint.config()

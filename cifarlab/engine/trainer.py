@@ -28,7 +28,7 @@ from ..errors import CifarlabError
 from ..fileio import write_json
 from . import distributed
 from .checkpoint import load_weights_into, read_state, read_weights, recover_checkpoint, save_checkpoint
-from .evaluate import format_report, metrics_from_logits, predict
+from .metrics import format_report, metrics_from_logits, predict
 from .metrics_log import MetricsLog
 from .lookahead import Lookahead
 from .optim import build_optimizers, set_learning_rates
@@ -220,7 +220,7 @@ class Trainer:
         """Let a model set weights from data before the first step (airbench's whitening
         conv): it gets the first 5,000 training images, normalized, unaugmented."""
         if hasattr(self.model, "init_from_data"):
-            images = self.train_loader.transform(self.train_loader.images[:5000], None)
+            images = self.train_loader.prepare(self.splits.train.images[:5000])
             self.model.init_from_data(images)
             distributed.broadcast_state(self.model)  # rank 0's result: eigh may differ in the last bits across machines
 
@@ -269,7 +269,7 @@ class Trainer:
                   "train_acc": correct / seen}  # fmt: skip
         val = None
         if self.val_loader is not None:
-            logits, labels = self.evaluate(self.val_loader, len(self.splits.val), "none")
+            logits, labels = self.predict_split(self.val_loader, len(self.splits.val), "none")
             val = metrics_from_logits(logits, labels, self.splits.classes)
             record.update(val_loss=val["loss"], val_acc=val["accuracy"])
         record.update(lr=self.lr(), elapsed=time.perf_counter() - self.clock)
@@ -291,7 +291,7 @@ class Trainer:
             self.save_last()
         self.notify("on_epoch_end")
 
-    def evaluate(self, loader: DeviceLoader, total: int, tta: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_split(self, loader: DeviceLoader, total: int, tta: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels of a whole split (`total` images) on every rank; each predicts its shard."""
         logits, labels = predict(self.eval_model, loader, tta, autocast(self.device, self.config.train.precision))
         return distributed.gather_shards(logits, total), distributed.gather_shards(labels, total)
@@ -422,7 +422,7 @@ class Trainer:
         if chosen == "best":
             load_weights_into(self.eval_model, read_weights(best / "model.safetensors"), str(best))
         start = time.perf_counter()
-        logits, labels = self.evaluate(self.test_loader, len(self.splits.test), c.tta)
+        logits, labels = self.predict_split(self.test_loader, len(self.splits.test), c.tta)
         if not bool(logits.isfinite().all()):
             raise CifarlabError(
                 f"the {chosen} checkpoint gives NaN/inf outputs on the test set (its weights overflow); no eval.json "

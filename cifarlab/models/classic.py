@@ -1,4 +1,5 @@
-"""The seed document's teaching nets, layer for layer: LeNet (§5.2) and the simple CNN (§4.3)."""
+"""Teaching nets, layer for layer: the LeNet of the classic PyTorch CIFAR-10 tutorial and a small
+two-conv CNN."""
 
 from torch import nn
 

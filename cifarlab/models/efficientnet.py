@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.efficientnet import EfficientNet, MBConvConfig
 
-from .layers import cifar_stem
+from .blocks import cifar_stem
 from .registry import register_model
 
 # expand ratio, kernel, stride, in channels, out channels, layers: the paper's Table 1, with the

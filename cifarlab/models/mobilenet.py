@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import MobileNetV2
 
-from .layers import cifar_stem
+from .blocks import cifar_stem
 from .registry import register_model
 
 # expansion t, channels c, blocks n, stride s of the first block (the paper's Table 2)

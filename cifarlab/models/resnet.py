@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from .layers import drop_path_rates
+from .blocks import drop_path_rates
 from .registry import register_model
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import ShuffleNetV2
 
-from .layers import cifar_stem
+from .blocks import cifar_stem
 from .registry import register_model
 
 _REPEATS = [4, 8, 4]

@@ -21,7 +21,7 @@ from torch import nn
 from torchvision.models.vision_transformer import EncoderBlock, VisionTransformer
 from torchvision.ops import StochasticDepth
 
-from .layers import drop_path_rates
+from .blocks import drop_path_rates
 from .registry import register_model
 
 

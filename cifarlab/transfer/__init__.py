@@ -17,9 +17,9 @@ from ..config import Config, FinetuneConfig, resolve, validate
 from ..errors import CifarlabError
 from ..models import create_model
 from .sources import Source, open_source
-from .surgery import apply_strategy, fresh_keys, layers, load_source
+from .surgery import apply_strategy, depth_groups, fresh_keys, load_source
 
-__all__ = ["Source", "finetune_config", "layers", "open_source", "pretrained_model", "with_source"]
+__all__ = ["Source", "depth_groups", "finetune_config", "open_source", "pretrained_model", "with_source"]
 
 
 def pretrained_model(config: Config, num_classes: int, source: Source) -> tuple[nn.Module, dict]:

@@ -1,5 +1,5 @@
 """Head surgery and strategies: source weights in the target's net with a fresh head, the
-net's layers in depth order, and each strategy as frozen parameters or per-parameter
+net's parameters grouped by depth, and each strategy as frozen parameters or per-parameter
 optimizer options (returned for engine.optim.build_optimizers).
 
 All of it is a function of the config and the source, so resuming rebuilds the same net
@@ -40,8 +40,9 @@ def load_source(model: nn.Module, weights: dict[str, torch.Tensor], fresh: set[s
     load_weights_into(model, {**kept, **{k: target[k] for k in fresh}}, label)
 
 
-def layers(model: nn.Module) -> list[list[str]]:
-    """Parameter names in depth order, one list per layer, input side first.
+def depth_groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names in depth order, one list per layer, input side first: the units that
+    layer-wise lr decay scales and gradual unfreezing releases, one at a time from the top.
 
     A layer is a child of a container (Sequential, ModuleList, ModuleDict, ViT's encoder or the
     model itself) that holds parameters; containers are opened recursively, anything else (a conv, a
@@ -77,7 +78,7 @@ def apply_strategy(model: nn.Module, cfg: FinetuneConfig, fresh: set[str]) -> di
     d × unfreeze_every (ULMFiT's gradual unfreezing with discriminative lrs).
     Returns {parameter name: {lr_scale, start_epoch}} for engine.optim.build_optimizers.
     """
-    pretrained = [names for layer in layers(model) if (names := [n for n in layer if n not in fresh])]
+    pretrained = [names for layer in depth_groups(model) if (names := [n for n in layer if n not in fresh])]
     params = dict(model.named_parameters())
     options = {}
     for depth, names in enumerate(reversed(pretrained), start=1):

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from ..config import Config
 from ..data import DeviceLoader, load_split, stratified_indices
 from ..engine.checkpoint import Checkpoint
-from ..engine.evaluate import predict
+from ..engine.metrics import predict
 from ..engine.inference import checkpoint_loader
 from ..engine.runtime import autocast
-from .layers import classifier_layer
+from .model_parts import classifier_layer
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import Config, from_dict, read_yaml
-from ..engine.evaluate import read_result
+from ..engine.metrics import read_result
 from ..errors import CifarlabError
 from ..fileio import write_text
 from ..models import create_model, model_stats

@@ -18,14 +18,14 @@ import torch
 from .. import __version__
 from ..config import Config
 from ..engine.checkpoint import Checkpoint, load_checkpoint
-from ..engine.evaluate import read_result
+from ..engine.metrics import read_result
 from ..engine.metrics_log import read_metrics
 from ..engine.runtime import select_device
 from ..errors import CifarlabError
 from ..fileio import write_text
 from ..models import model_stats
 from . import analysis, page, plots
-from .layers import first_layer_filters
+from .model_parts import first_layer_filters
 from .saliency import grad_cam
 
 PREDICTIONS, MISTAKES, SALIENCY_IMAGES, CALIBRATION_BINS = 32, 24, 10, 15
@@ -179,7 +179,7 @@ def _saliency(checkpoint: Checkpoint, predictions: analysis.Predictions, figures
     images = predictions.images[index]
     predicted = predictions.logits[index].argmax(1)
     try:
-        cam = grad_cam(checkpoint.model, predictions.loader.transform(images.to(device), None), predicted.to(device))
+        cam = grad_cam(checkpoint.model, predictions.loader.prepare(images), predicted.to(device))
     except CifarlabError as e:
         return page.note(str(e))
     classes, confidence = predictions.classes, predictions.probabilities[index].max(1).values

@@ -13,7 +13,7 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
 from ..errors import CifarlabError
-from .layers import cam_layer
+from .model_parts import cam_layer
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torchvision.utils import make_grid
 
 from ..engine.distributed import is_writer
-from .layers import first_layer_filters
+from .model_parts import first_layer_filters
 
 # metrics.jsonl key → TensorBoard tag, per kind of record (a `stopped` record has none)
 _WINDOW_TAGS = {"train_loss": "train_window/loss", "train_acc": "train_window/accuracy", "lr": "lr",

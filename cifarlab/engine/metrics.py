@@ -1,5 +1,6 @@
-"""Evaluation: logits with optional test-time augmentation, then accuracy, loss, per-class
-precision/recall/F1 and the confusion matrix."""
+"""A model's metrics on a split: logits with optional test-time augmentation, then accuracy,
+loss, per-class precision/recall/F1 and the confusion matrix, and their text summary.
+(metrics_log.py is something else: the metrics.jsonl file a run appends to.)"""
 
 from __future__ import annotations
 
@@ -13,9 +14,6 @@ from torch import nn
 from ..data import DeviceLoader
 from ..errors import CifarlabError
 from ..fileio import read_json
-
-TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}
-
 
 def _flip_average(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (model(x) + model(x.flip(-1)))
