@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from cifarlab.cli import main
-from conftest import CIFAR10_CLASSES, write_source_checkpoint
+from helpers import CIFAR10_CLASSES, write_source_checkpoint
 
 MARKER = "pwned"  # what a hostile file would create if it ran code
 TRAIN = ["train", "--recipe", "tutorial", "--epochs", "1", "--batch-size", "50", "--set", "data.val_size=100",
