@@ -151,3 +151,11 @@ def test_non_finite_weights_are_never_called_good(synthetic_root, tmp_path, caps
         assert all(t.isfinite().all() for t in load_file(last).values())
     assert main(argv) == 2
     assert "holds a run that stopped (the " in capsys.readouterr().err
+
+
+def test_each_strategy_brings_its_lr():
+    linear = resolve("finetune", sets=["finetune.strategy=linear"])
+    assert (linear.optim.lr, linear.optim.warmup_epochs) == (0.5, 0.0)
+    assert resolve("finetune").optim.lr == 0.01
+    assert resolve("finetune", sets=["finetune.strategy=linear", "optim.lr=0.2"]).optim.lr == 0.2  # yours wins
+    assert resolve("finetune-fast", sets=["finetune.strategy=linear"]).optim.groups["head"] == {"lr": 34300.0}
