@@ -13,7 +13,6 @@ import argparse
 import json
 import time
 
-import torch
 import torchvision
 from torch.utils.data import DataLoader
 from torchvision import transforms

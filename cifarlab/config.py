@@ -337,10 +337,9 @@ def list_recipes() -> dict[str, str]:
 
 
 DEVICE_TYPES = ("cpu", "cuda")
-STRATEGIES = ("linear", "full", "gradual")
 # A recipe's sections named after a device type or a fine-tuning strategy apply when the run
 # trains on that device or with that strategy (fast: bf16 + compile on CUDA; a linear probe's lr).
-SITUATIONS = DEVICE_TYPES + STRATEGIES
+SITUATIONS = DEVICE_TYPES + typing.get_args(Strategy)
 GENERAL_RECIPE = "standard"  # for a model whose family has no recipe of its own
 
 
@@ -362,9 +361,9 @@ def _recipe_layers(name: str) -> list[tuple[dict, str]]:
 def recipe_for_model(model: str) -> str:
     """The recipe that trains `model` as the literature does: the one that lists it under
     `suits:` (its family's), else the general recipe for conventional nets."""
-    for name in list_recipes():
-        if model in _recipe_file(name).get("suits", []):
-            return name
+    for path in sorted(RECIPE_DIR.glob("*.yaml")):
+        if model in read_yaml(path).get("suits", []):
+            return path.stem
     return GENERAL_RECIPE
 
 

@@ -86,15 +86,11 @@ def saved_config(recipe: str | None, config_file: str | None, flags: dict, sets=
     settings applied (any that disagree are refused when the run starts); None when the
     folder holds no run yet, so the first start of a `--resume` job begins it."""
     out = flags.get("train", {}).get("out")
-    if not out:
-        raise CifarlabError("--resume needs --out RUN: the folder of the run to continue")
-    path = Path(out) / "config.yaml"
-    if not path.is_file():
-        return None
-    saved = from_dict(read_yaml(path))
-    if recipe is not None and recipe != saved.recipe:
-        raise CifarlabError(f"--resume continues the run as saved; it has recipe {saved.recipe!r}, not {recipe!r}")
-    return resolve(config_file=config_file, flags=flags, sets=sets, base=saved)
+    path = Path(out or "") / "config.yaml"
+    if not out or not path.is_file():
+        return None  # `train` refuses a --resume without --out
+    layers = {**flags, "recipe": recipe} if recipe else flags  # a recipe that differs is refused like any setting
+    return resolve(config_file=config_file, flags=layers, sets=sets, base=from_dict(read_yaml(path)))
 
 
 # ----------------------------------------------------------------------------- run folder

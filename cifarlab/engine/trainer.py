@@ -195,7 +195,7 @@ class Trainer:
         """Stop on a NaN/inf loss, and (before a checkpoint is saved) on NaN/inf weights, so
         no checkpoint ever holds them: the one on disk stays the last good one."""
         what = "training loss" if distributed.summed(self.nonfinite.double()).item() else None
-        if what is None and weights and not all(bool(t.isfinite().all()) for t in self._float_tensors()):
+        if what is None and weights and not torch.stack([t.isfinite().all() for t in self._float_tensors()]).all():
             what = "weights"
         if what is None:
             return

@@ -7,5 +7,5 @@ from . import external  # noqa: F401  (the torchvision: and timm: namespaces)
 from .registry import ModelStats, check_model_name, create_model, describe_model, list_models, model_options, model_stats
 from .registry import register_model
 
-__all__ = ["ModelStats", "check_model_name", "create_model", "describe_model", "list_models", "model_stats",
+__all__ = ["ModelStats", "check_model_name", "create_model", "describe_model", "list_models", "model_options", "model_stats",
            "register_model"]  # fmt: skip
