@@ -40,8 +40,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as the one `error:` line every other failure gets (argparse
+    prints the usage block first); subcommand parsers are made of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cifarlab", description=__doc__.split(":")[0])
+    parser = _Parser(prog="cifarlab", description=__doc__.split(":")[0])
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

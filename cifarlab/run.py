@@ -122,8 +122,7 @@ def _run_directory(config: Config, resume: bool) -> Iterator[Path]:
             distributed.barrier()
             yield path
     except BaseException:
-        if made and path.is_dir() and {p.name for p in path.iterdir()} <= {".lock"}:
-            (path / ".lock").unlink(missing_ok=True)
+        if made and path.is_dir() and not any(path.iterdir()):
             path.rmdir()
         raise
 
@@ -142,24 +141,35 @@ def _new_folder(base: Path) -> Path:
 
 @contextmanager
 def _lock(run_dir: Path) -> Iterator[None]:
-    """An exclusive `flock` on RUN_DIR/.lock, released when the process ends however it ends
-    (the file stays: removing it would let a waiting process lock a file no one else sees)."""
+    """An exclusive `flock` on RUN_DIR/.lock, released when the process ends however it ends.
+    The holder removes the file when it is done; a process that locked a file just removed
+    that way sees that the path no longer names it and tries again."""
     if run_dir.exists() and not run_dir.is_dir():
         raise CifarlabError(f"--out '{run_dir}' is a file, not a folder; choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    path = run_dir / ".lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
             raise CifarlabError(
                 f"'{run_dir}' is in use by another cifarlab run (pid {holder}); wait for it to end, or choose another --out"
             ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        path.unlink(missing_ok=True)
         os.close(fd)
 
 

@@ -171,6 +171,8 @@ CASES = {
     "unknown-dataset": (lambda t, r: [*TRAIN, "--dataset", "cifar11"], "data.dataset='cifar11' is not allowed"),
     "unknown-class": (lambda t, r: [*TRAIN, "--data-dir", r, "--dataset", "cifar10:cat,unicorn", "--out", "run"],
                       "unknown class(es) 'unicorn'"),
+    "epochs-not-a-number": (lambda t, r: [*TRAIN, "--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+    "unknown-command": (lambda t, r: ["trian"], "invalid choice: 'trian'"),
     "models-unknown-name": (lambda t, r: ["models", "nope"], "unknown model 'nope'"),
     "predict-top-k-0": (lambda t, r: ["predict", checkpoint(t), "x.png", "--top-k", "0"], "--top-k must be at least 1"),
     # paths
@@ -217,6 +219,8 @@ CASES = {
                         "do not fit the model"),
     "eval-json-corrupt": (lambda t, r: ["compare", fake_run(t, eval_text='{\n"accuracy": 0.5,\n')],
                           "is not valid JSON (line 3"),
+    "resume-finished-eval-corrupt": (lambda t, r: ["train", "--out", fake_run(t, eval_text='{"accuracy": 0.5,'),
+                                                   "--resume"], "eval.json' is not valid JSON (line 1"),
     "metrics-line-3-corrupt": (lambda t, r: ["compare", fake_run(t, metrics_text='{"step": 1}\n{"step": 2}\n{"st\n')],
                                "metrics.jsonl' is not valid JSON (line 3"),
     "cifar-truncated": (lambda t, r: ["data", "info", "--data-dir", damaged(r, t, "data_batch_1")],

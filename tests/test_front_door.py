@@ -136,6 +136,7 @@ def test_default_folders_do_not_collide(synthetic_root, tmp_path, capsys):
     for _ in range(2):
         assert main(["train", *SMALL, "--epochs", "1", "--train-subset", "100", "--data-dir", str(synthetic_root)]) == 0
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tutorial", "tutorial-2"]
+    assert not list((tmp_path / "runs").glob("*/.lock"))  # a finished run lets go of its folder
 
 
 @pytest.mark.parametrize("lr", ["1e38", "1e30"])
