@@ -94,7 +94,7 @@ def _amount_for_macs(model: nn.Module, example: torch.Tensor, ratio: float, macs
         raise CifarlabError(f"the fewest MACs it reaches are {high[1]:.2f}× the net's (it keeps residual and other "
                             f"coupled channels whole); ask for --macs-ratio {high[1]:.2f} or more")  # fmt: skip
     for _ in range(12):
-        if min(abs(low[1] - ratio), abs(high[1] - ratio)) <= MACS_TOLERANCE / 4:
+        if min(abs(low[1] - ratio), abs(high[1] - ratio)) <= MACS_TOLERANCE / 2:
             break
         middle = (low[0] + high[0]) / 2
         probe = (middle, achieved(middle))
