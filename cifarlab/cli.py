@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--method", default="channels",
                        help="channels (default): smaller layers, fewer MACs | unstructured: zeroed weights, same MACs")  # fmt: skip
     prune.add_argument("--finetune-epochs", type=int, default=3, metavar="E",
-                       help="epochs of the run's own recipe at 0.1× its lrs (default: 3)")  # fmt: skip
+                       help="epochs of the run's own recipe at 0.3× its lrs (default: 3)")  # fmt: skip
     prune.add_argument("--out", help="run directory (default: runs/<RUN's name>-pruned, or -pruned-N when taken)")
     prune.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
     prune.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the run's)")

@@ -91,7 +91,7 @@ def prune(source: str | Path, method: str = "channels", amount: float | None = N
           finetune_epochs: int = 3, out: str | None = None, data_dir: str | None = None, device: str | None = None,
           sets=(), verbose: bool = True, callbacks=()) -> Run:  # fmt: skip
     """Prune the net of the run (or checkpoint) `source`, fine-tune it for `finetune_epochs`
-    with that run's recipe at a tenth of its lrs, and test once; returns the new run, which
+    with that run's recipe at 0.3× its lrs, and test once; returns the new run, which
     also holds prune.json (what was removed, MACs and parameters before and after) and the
     pruned net before fine-tuning (checkpoints/pruned). `amount`: the fraction of each group
     of coupled channels to remove (unstructured: of all weights); `macs_ratio`: instead, the

@@ -3,7 +3,7 @@ torch-pruning: smaller layers, fewer MACs) or weights (unstructured zeros: the s
 
 A pruned run is an ordinary fine-tuning run: its `finetune.source` is the pruned checkpoint
 kept in its checkpoints/pruned/, its `model.resized` rebuilds the smaller net, and it trains
-with the source run's recipe at a tenth of its lrs; eval, predict, report, finetune --from and
+with the source run's recipe at 0.3× its lrs; eval, predict, report, finetune --from and
 train --resume treat it like any other run.
 
     import cifarlab
