@@ -34,9 +34,9 @@ ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 # treats every op it does not know as one of these
 _CHANNELWISE = {
     "Add", "Sub", "Mul", "Div", "Relu", "Gelu", "Silu", "Sigmoid", "Hardtanh", "Hardswish", "Hardsigmoid", "Tanh",
-    "LeakyRelu", "Elu", "MaxPool2DWithIndices", "AvgPool2D", "AdaptiveAvgPool2D", "AdaptiveMaxPool2D", "Mean",
-    "Clone", "T",
+    "LeakyRelu", "Elu", "MaxPool2DWithIndices", "AvgPool2D", "AdaptiveAvgPool2D", "AdaptiveMaxPool2D", "Mean", "Clone",
 }  # fmt: skip
+_OF_WEIGHTS = {"T"}  # ops the graph shows on a weight (F.linear's transpose), harmless where they have no input
 
 
 def import_torch_pruning():
@@ -101,9 +101,14 @@ def _is_prunable(group, marks: set, elementwise) -> bool:
         if isinstance(layer, ROOT_TYPES) and not layer.weight.requires_grad:
             return False
         for node in (dep.source, dep.target):
-            if node in marks or (node.type == elementwise and _op_name(node.grad_fn) not in _CHANNELWISE):
+            if node in marks or (node.type == elementwise and not _keeps_channels(node)):
                 return False
     return True
+
+
+def _keeps_channels(node) -> bool:
+    name = _op_name(node.grad_fn)
+    return name in _CHANNELWISE or (name in _OF_WEIGHTS and not node.inputs)
 
 
 def _op_name(grad_fn) -> str:
