@@ -1,4 +1,4 @@
-"""cifarlab: develop, train, evaluate and fine-tune CNNs on CIFAR-10/100.
+"""cifarlab: develop, train, evaluate, fine-tune and prune CNNs on CIFAR-10/100.
 
     import cifarlab
     config = cifarlab.resolve_config("tutorial")      # a named recipe; edit fields freely
@@ -6,6 +6,7 @@
     metrics = cifarlab.evaluate(run.dir, split="test", tta="flip")
     model = cifarlab.load_model(run.dir)
     tuned = cifarlab.finetune(run.dir, "cifar100", "full")   # → the same kind of Run
+    small = cifarlab.prune(run.dir, amount=0.5)              # fewer channels, fine-tuned: a Run too
 """
 
 __version__ = "0.1.0"
@@ -14,7 +15,7 @@ from .config import Config, resolve as resolve_config  # noqa: E402
 from .engine import Checkpoint, Run, classify_images, evaluate, load_checkpoint, load_model  # noqa: E402
 from .errors import CifarlabError  # noqa: E402
 from .models import create_model, list_models, model_stats  # noqa: E402
-from .run import finetune, train  # noqa: E402
+from .run import finetune, prune, train  # noqa: E402
 
 __all__ = [
     "Checkpoint",
@@ -29,6 +30,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "model_stats",
+    "prune",
     "resolve_config",
     "train",
 ]

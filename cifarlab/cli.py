@@ -89,6 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--cifar-stem", action="store_true", default=None,
                           help="torchvision ResNets: fresh 3×3 stride-1 stem, no max-pool (for 32×32 inputs)")  # fmt: skip
 
+    prune = commands.add_parser("prune", help="make a trained net smaller (channels) or sparse, fine-tune it, test once")
+    prune.add_argument("source", metavar="RUN", help="a run directory (its best checkpoint, else last) or checkpoint")
+    prune.add_argument("--amount", type=float, metavar="A",
+                       help="fraction to remove, 0 < A < 1: of each group of coupled channels (unstructured: of all weights)")  # fmt: skip
+    prune.add_argument("--macs-ratio", type=float, metavar="R", help="channels: keep this fraction of the MACs, 0 < R < 1")
+    prune.add_argument("--method", default="channels",
+                       help="channels (default): smaller layers, fewer MACs | unstructured: zeroed weights, same MACs")  # fmt: skip
+    prune.add_argument("--finetune-epochs", type=int, default=3, metavar="E",
+                       help="epochs of the run's own recipe at 0.3× its lrs (default: 3)")  # fmt: skip
+    prune.add_argument("--out", help="run directory (default: runs/<RUN's name>-pruned, or -pruned-N when taken)")
+    prune.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
+    prune.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the run's)")
+    prune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any setting of the fine-tuning run, e.g. optim.lr=0.01")  # fmt: skip
+
     evaluate = commands.add_parser("eval", help="evaluate a run or checkpoint on val or test")
     evaluate.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
     evaluate.add_argument("--split", default="test", choices=["val", "test"])
@@ -239,6 +254,13 @@ def _finetune(args) -> None:
     _start(args, *((saved, None) if saved else finetune_config(flags, args.recipe, args.config, args.set)))
 
 
+def _prune(args) -> None:
+    from .run import prune
+
+    prune(args.source, args.method, args.amount, args.macs_ratio, args.finetune_epochs, args.out, args.data_dir,
+          args.device, args.set)  # fmt: skip
+
+
 def _eval(args) -> None:
     from .engine import evaluate
     from .engine.metrics import format_report
@@ -286,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             _train(args)
         elif args.command == "finetune":
             _finetune(args)
+        elif args.command == "prune":
+            _prune(args)
         elif args.command == "eval":
             _eval(args)
         elif args.command == "predict":

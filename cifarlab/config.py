@@ -67,6 +67,7 @@ class AugmentConfig:
 class ModelConfig:
     name: str = "resnet20"  # any name from `cifarlab models`
     options: dict = field(default_factory=dict)  # extra keyword arguments for the model builder
+    resized: dict = field(default_factory=dict)  # layers a channel-pruned net has shrunk: {module path: {size: value}}
 
 
 @dataclass
@@ -104,6 +105,8 @@ class FinetuneConfig:
     freeze_bn: bool = False  # BatchNorm layers keep the source's statistics (always in eval mode)
     input_size: int | None = None  # torchvision/timm nets: upsample the images to this side first (e.g. 224); None = as they are
     cifar_stem: bool = False  # torchvision ResNets: a fresh 3×3 stride-1 first conv and no max-pool, for 32×32 inputs
+    keep_head: bool = False  # keep the source's classifier when the classes are its own (fine-tuning a pruned net)
+    keep_zeros: bool = False  # conv and linear weights that are zero in the source stay zero (a sparse, pruned net)
 
 
 @dataclass
@@ -142,7 +145,22 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, but a list of scalars, or a mapping of up to three, on one line: a pruned
+    net's `model.resized` takes a line per layer (`blocks.0.conv1: {out_channels: 9}`)."""
+
+    def represent_sequence(self, tag, sequence, flow_style=None):
+        return super().represent_sequence(tag, sequence, flow_style=_is_flat(sequence))
+
+    def represent_mapping(self, tag, mapping, flow_style=None):
+        return super().represent_mapping(tag, mapping, flow_style=len(mapping) <= 3 and _is_flat(mapping.values()))
+
+
+def _is_flat(values) -> bool:
+    return all(not isinstance(v, (dict, list, tuple)) for v in values)
 
 
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar100-coarse")
@@ -227,7 +245,7 @@ def _validate_dataset(data: DataConfig) -> None:
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in d.items():
-        if isinstance(value, dict) and key not in ("options", "groups"):
+        if isinstance(value, dict) and key not in ("options", "groups", "resized"):
             out.update(_flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

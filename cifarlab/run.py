@@ -1,10 +1,11 @@
-"""Make a run: the one place above engine/, transfer/ and viz/.
+"""Make a run: the one place above engine/, transfer/, compress/ and viz/.
 
     config → the model (from scratch, or a pretrained source's weights with a fresh head)
            → the run directory (taken with a lock) → data and loaders → Trainer → final test → report
 
 The trainer receives the built model and loaders (as torchvision's reference `main(args)`
-hands objects to `train_one_epoch`); fine-tuning is the same path with a source.
+hands objects to `train_one_epoch`); fine-tuning is the same path with a source, and so is
+pruning: the pruned net, saved in the run's folder, is the source of a fine-tuning run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
+import itertools
 import os
 import sys
 from contextlib import contextmanager
@@ -22,15 +24,19 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+from . import __version__
+from .compress import PruneTarget, describe, prune_model, pruned_config
+from .compress.prune import TAYLOR_BATCHES
 from .config import Config, from_dict, read_yaml, resolve, validate
 from .data import DeviceLoader, Splits, make_splits
 from .engine import distributed
+from .engine.checkpoint import load_checkpoint, save_checkpoint
 from .engine.metrics import read_result
 from .engine.metrics_log import read_metrics
 from .engine.runtime import configure, seed_everything
 from .engine.trainer import Loaders, Run, Trainer
 from .errors import CifarlabError
-from .fileio import write_text
+from .fileio import write_json, write_text
 from .models import create_model
 from .transfer import Source, finetune_config, open_source, pretrained_model, with_source
 
@@ -81,6 +87,65 @@ def finetune(source: str, target: str, strategy: str | None = None, *, arch: str
     return train(config, resume=resume, verbose=verbose, callbacks=callbacks, source=opened)
 
 
+def prune(source: str | Path, method: str = "channels", amount: float | None = None, macs_ratio: float | None = None,
+          finetune_epochs: int = 3, out: str | None = None, data_dir: str | None = None, device: str | None = None,
+          sets=(), verbose: bool = True, callbacks=()) -> Run:  # fmt: skip
+    """Prune the net of the run (or checkpoint) `source`, fine-tune it for `finetune_epochs`
+    with that run's recipe at 0.3× its lrs, and test once; returns the new run, which
+    also holds prune.json (what was removed, MACs and parameters before and after) and the
+    pruned net before fine-tuning (checkpoints/pruned). `amount`: the fraction of each group
+    of coupled channels to remove (unstructured: of all weights); `macs_ratio`: instead, the
+    fraction of the MACs to keep. Default folder: runs/<source run>-pruned (then -2, -3, …)."""
+    target = PruneTarget(method, amount, macs_ratio)
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise CifarlabError("prune runs in one process; continue its run under torchrun with `train --out RUN --resume`")
+    checkpoint = load_checkpoint(source)
+    config = pruned_config(checkpoint.config(), method, finetune_epochs, out, data_dir, device, sets)
+    source_run = checkpoint.folder.parent.parent if checkpoint.folder.parent.name == "checkpoints" else checkpoint.folder
+    with distributed.session(config.train.device) as dev:
+        configure(config.train.threads, config.train.deterministic)
+        seed_everything(config.train.seed)
+        splits = make_splits(config.data)
+        checkpoint.model.to(dev)
+        record, resized = prune_model(checkpoint, target, config.data.image_size, _importance_batches(config, splits, dev))
+        record = {"source": str(checkpoint.folder), **record}
+        if (source_run / "eval.json").is_file():
+            record["source_test_accuracy"] = read_result(source_run)["accuracy"]
+        with _run_directory(config, False, Path("runs") / f"{source_run.name}-pruned") as run_dir:
+            pruned = run_dir / "checkpoints" / "pruned"
+            config = _with_pruned_source(config, run_dir, pruned, resized)
+            meta = {key: checkpoint.meta[key] for key in ("model", "classes", "mean", "std")}
+            save_checkpoint(pruned, checkpoint.model.state_dict(), {
+                **meta, "model_options": config.model.options, "model_resized": resized, "config": config.to_dict(),
+                "versions": {"cifarlab": __version__, "torch": torch.__version__}})  # fmt: skip
+            write_json(run_dir / "prune.json", record)
+            if verbose:
+                print(f"{describe(record)}; fine-tuning for {config.train.epochs} epoch(s)")
+            opened = open_source(config.finetune)
+            run = _train(with_source(config, opened), run_dir, dev, opened, False, verbose, callbacks)
+    if verbose:
+        was = record.get("source_test_accuracy")
+        print(f"pruned: test accuracy {run.test['accuracy']:.2%}" + (f" (source {was:.2%})" if was is not None else "")
+              + f" at {record['macs_ratio']:.2f}× the MACs and {record['params_ratio']:.2f}× the parameters")  # fmt: skip
+    return run
+
+
+def _with_pruned_source(config: Config, run_dir: Path, pruned: Path, resized: dict) -> Config:
+    """The fine-tuning run's config once its folder is known: the pruned checkpoint as its source."""
+    return dataclasses.replace(
+        config, train=dataclasses.replace(config.train, out=str(run_dir)),
+        finetune=dataclasses.replace(config.finetune, source=str(pruned)),
+        model=dataclasses.replace(config.model, resized=resized),
+    )  # fmt: skip
+
+
+def _importance_batches(config: Config, splits: Splits, device: torch.device):
+    """step → a few unaugmented training batches (another few each step), for Taylor importance."""
+    loader = DeviceLoader(splits.train, min(config.train.batch_size, 256, len(splits.train)), splits.mean, splits.std,
+                          shuffle=True, seed=config.train.seed, device=device, channels_last=False)  # fmt: skip
+    return lambda step: itertools.islice(loader.epoch(step), TAYLOR_BATCHES)
+
+
 def saved_config(recipe: str | None, config_file: str | None, flags: dict, sets=()) -> Config | None:
     """For `--resume`: the config saved in the run folder `flags.train.out`, with the given
     settings applied (any that disagree are refused when the run starts); None when the
@@ -95,18 +160,18 @@ def saved_config(recipe: str | None, config_file: str | None, flags: dict, sets=
 
 # ----------------------------------------------------------------------------- run folder
 @contextmanager
-def _run_directory(config: Config, resume: bool) -> Iterator[Path]:
+def _run_directory(config: Config, resume: bool, default: Path | None = None) -> Iterator[Path]:
     """The run's folder, held with a lock for the whole run, so a second process on it is
-    refused before it writes anything. Without `out`, runs/<recipe> or the first free
-    runs/<recipe>-N (made with mkdir, which only one process can win). A folder made here
-    for a run that fails before writing anything is removed again."""
+    refused before it writes anything. Without `out`, `default` (runs/<recipe>) or the first
+    free one of its -2, -3, … (made with mkdir, which only one process can win). A folder
+    made here for a run that fails before writing anything is removed again."""
     path, made = None, False
     if distributed.is_writer():
         if config.train.out:
             path = Path(config.train.out)
             made = not path.exists()
         else:
-            path, made = _new_folder(Path("runs") / (config.recipe or "custom")), True
+            path, made = _new_folder(default or Path("runs") / (config.recipe or "custom")), True
     if distributed.world_size() > 1:  # every rank trains into rank 0's folder
         shared = [str(path) if path else None]
         dist.broadcast_object_list(shared, 0)
@@ -257,7 +322,7 @@ def _build_model(config: Config, num_classes: int, source: Source | None) -> tup
     """The net and its per-parameter optimizer options (fine-tuning strategies; none from scratch)."""
     if source is not None:
         return pretrained_model(config, num_classes, source)
-    return create_model(config.model.name, num_classes=num_classes, **config.model.options), {}
+    return create_model(config.model.name, num_classes, config.model.resized, **config.model.options), {}
 
 
 def _loaders(config: Config, splits: Splits, device: torch.device) -> Loaders:

@@ -104,7 +104,7 @@ def _meta_problem(meta) -> str | None:
             return f"'{key}' must be three numbers (one per RGB channel)"
     if min(meta["std"]) <= 0:
         return "'std' must be > 0"
-    for key in ("model_options", "config"):
+    for key in ("model_options", "model_resized", "config"):
         if not isinstance(meta.get(key, {}), dict):
             return f"'{key}' must be an object"
     return None
@@ -204,7 +204,8 @@ class Checkpoint:
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
     folder = find_checkpoint(path)
     meta = read_meta(folder)
-    model = create_model(meta["model"], num_classes=len(meta["classes"]), **meta.get("model_options", {}))
+    model = create_model(meta["model"], num_classes=len(meta["classes"]), resized=meta.get("model_resized"),
+                         **meta.get("model_options", {}))  # fmt: skip
     load_weights_into(model, read_weights(folder / "model.safetensors"), str(folder))
     model.to(device).eval()
     return Checkpoint(model, meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), meta, folder)

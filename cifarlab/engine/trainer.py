@@ -312,6 +312,7 @@ class Trainer:
         return {
             "model": c.model.name,
             "model_options": c.model.options,
+            "model_resized": c.model.resized,
             "classes": self.splits.classes,
             "mean": list(self.splits.mean),
             "std": list(self.splits.std),

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import CifarlabError
+from .resize import resize_layers
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _NAMESPACES: dict[str, "Namespace"] = {}
@@ -81,13 +82,15 @@ def model_options(name: str) -> set[str] | None:
     return {p.name for p in parameters if p.name != "num_classes"}
 
 
-def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
-    """Build a model with a fresh head for `num_classes` classes (no pretrained weights)."""
+def create_model(name: str, num_classes: int = 10, resized: dict | None = None, **kwargs) -> nn.Module:
+    """Build a model with a fresh head for `num_classes` classes (no pretrained weights);
+    `resized` shrinks layers as a channel-pruned net has them (see resize.py)."""
     builder = _get_builder(name)
     try:
-        return builder(num_classes=num_classes, **kwargs)
+        model = builder(num_classes=num_classes, **kwargs)
     except (TypeError, ValueError) as e:  # an unknown option, or a value out of range (e.g. dropout 1.5)
         raise CifarlabError(f"bad options for model '{name}': {e}") from None
+    return resize_layers(model, resized) if resized else model
 
 
 @dataclass

@@ -17,18 +17,21 @@ from ..config import Config, FinetuneConfig, resolve, validate
 from ..errors import CifarlabError
 from ..models import create_model
 from .sources import Source, open_source
-from .surgery import apply_strategy, depth_groups, fresh_keys, load_source
+from .surgery import apply_strategy, depth_groups, fresh_keys, keep_zeros, load_source
 
 __all__ = ["Source", "depth_groups", "finetune_config", "open_source", "pretrained_model", "with_source"]
 
 
 def pretrained_model(config: Config, num_classes: int, source: Source) -> tuple[nn.Module, dict]:
     """The net a fine-tuning run trains: the source's weights in every layer but the fresh
-    head, the strategy's frozen parameters, and its per-parameter optimizer options."""
-    model = create_model(config.model.name, num_classes=num_classes, **config.model.options)
-    fresh = fresh_keys(model, num_classes, source.arch, source.options)
+    head (unless kept), the strategy's frozen parameters, and its per-parameter optimizer options."""
+    ft = config.finetune
+    model = create_model(config.model.name, num_classes, config.model.resized, **config.model.options)
+    fresh = fresh_keys(model, num_classes, source.arch, source.options, source.resized, ft.keep_head)
     load_source(model, source.read_weights(), fresh, source.label)
-    return model, apply_strategy(model, config.finetune, fresh)
+    if ft.keep_zeros:
+        keep_zeros(model)
+    return model, apply_strategy(model, ft, fresh)
 
 
 def with_source(config: Config, source: Source) -> Config:
@@ -42,7 +45,8 @@ def with_source(config: Config, source: Source) -> Config:
             f"finetune.input_size and finetune.cifar_stem adapt torchvision/timm nets to small images; "
             f"'{source.arch}' is made for them already"
         )
-    model = dataclasses.replace(config.model, name=source.arch, options={**source.options, **adapt})
+    model = dataclasses.replace(config.model, name=source.arch, options={**source.options, **adapt},
+                                resized=source.resized)  # fmt: skip
     data = config.data
     if source.mean is not None:
         data = dataclasses.replace(data, mean=data.mean or list(source.mean), std=data.std or list(source.std))

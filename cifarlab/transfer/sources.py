@@ -33,6 +33,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Source:
     arch: str  # a create_model name
     options: dict  # the builder options the weights were made with
+    resized: dict  # the layers a channel-pruned source has shrunk (models/resize.py); {} for a net as built
     mean: tuple[float, ...] | None  # the normalization they expect; None: unknown (use the target's)
     std: tuple[float, ...] | None
     read_weights: Callable[[], dict[str, torch.Tensor]]
@@ -62,8 +63,8 @@ def open_source(cfg: FinetuneConfig) -> Source:
 def _checkpoint(path: Path) -> Source:
     folder = find_checkpoint(path)
     meta = read_meta(folder)
-    return Source(meta["model"], meta.get("model_options", {}), tuple(meta["mean"]), tuple(meta["std"]),
-                  lambda: read_weights(folder / "model.safetensors"), str(folder))  # fmt: skip
+    return Source(meta["model"], meta.get("model_options", {}), meta.get("model_resized", {}), tuple(meta["mean"]),
+                  tuple(meta["std"]), lambda: read_weights(folder / "model.safetensors"), str(folder))  # fmt: skip
 
 
 def _torchvision(spec: str) -> Source:
@@ -88,7 +89,7 @@ def _torchvision(spec: str) -> Source:
             ) from None
 
     transform = weights.transforms()
-    return Source(f"torchvision:{arch}", {}, tuple(transform.mean), tuple(transform.std), read, f"torchvision:{spec}")
+    return Source(f"torchvision:{arch}", {}, {}, tuple(transform.mean), tuple(transform.std), read, f"torchvision:{spec}")
 
 
 def _timm(name: str) -> Source:
@@ -105,7 +106,7 @@ def _timm(name: str) -> Source:
             ) from None
 
     mean, std = _timm_normalization(name)
-    return Source(f"timm:{name}", {}, mean, std, read, f"timm:{name}")
+    return Source(f"timm:{name}", {}, {}, mean, std, read, f"timm:{name}")
 
 
 def _timm_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -128,7 +129,7 @@ def _weights_file(path: Path, arch: str | None) -> Source:
         mean, std = _timm_normalization(name)
     else:  # a bare file does not say what a cifarlab net was trained on: the target's statistics
         mean = std = None
-    return Source(arch, {}, mean, std, lambda: read_state_dict(path), str(path))
+    return Source(arch, {}, {}, mean, std, lambda: read_state_dict(path), str(path))
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -22,13 +22,15 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, Encoder)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-def fresh_keys(model: nn.Module, num_classes: int, source_arch: str, source_options: dict) -> set[str]:
+def fresh_keys(model: nn.Module, num_classes: int, source_arch: str, source_options: dict,
+               source_resized: dict | None = None, keep_head: bool = False) -> set[str]:  # fmt: skip
     """The keys of `model` (built for `num_classes`) that source weights cannot fill: those
     shaped differently in the source's architecture. That is the head (compared at another
-    class count, so that it is always replaced) and whatever the model's options rebuilt (a
-    CIFAR stem)."""
+    class count, so that it is replaced, unless `keep_head` and the count is the source's)
+    and whatever the model's options rebuilt (a CIFAR stem)."""
+    classes = num_classes if keep_head else num_classes + 1
     with torch.device("meta"):
-        reference = create_model(source_arch, num_classes=num_classes + 1, **source_options).state_dict()
+        reference = create_model(source_arch, classes, source_resized, **source_options).state_dict()
     return {k for k, v in model.state_dict().items() if k not in reference or reference[k].shape != v.shape}
 
 
@@ -96,6 +98,23 @@ def apply_strategy(model: nn.Module, cfg: FinetuneConfig, fresh: set[str]) -> di
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.register_forward_pre_hook(_keep_in_eval_mode)
     return options
+
+
+def keep_zeros(model: nn.Module) -> None:
+    """Hold the zero weights of every conv and linear layer at zero while the net trains (an
+    unstructured-pruned source): they are zeroed again before each forward pass and each
+    state_dict, so no output and no checkpoint sees what an optimizer step put there (a
+    masked gradient would not do: Muon's orthogonalized step is dense)."""
+    for module in model.modules():
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and bool((module.weight == 0).any()):
+            module.register_buffer("zeros_kept", (module.weight != 0).to(module.weight.dtype), persistent=False)
+            module.register_forward_pre_hook(_zero_again)
+            module.register_state_dict_pre_hook(_zero_again)
+
+
+def _zero_again(module: nn.Module, *args) -> None:
+    with torch.no_grad():
+        module.weight.mul_(module.zeros_kept)
 
 
 def _keep_in_eval_mode(module: nn.Module, args: tuple) -> None:

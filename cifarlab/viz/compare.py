@@ -50,7 +50,8 @@ def _labels(runs: list[Path]) -> list[str]:
 
 
 def _row(label: str, result: dict, config: Config) -> list[str]:
-    stats = model_stats(create_model(config.model.name, num_classes=len(result["per_class"]), **config.model.options))
+    model = create_model(config.model.name, len(result["per_class"]), config.model.resized, **config.model.options)
+    stats = model_stats(model)
     val = result.get("val_accuracy")
     key = f"runs/{label}"
     return [
