@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--device", default="auto")
 
+    export = commands.add_parser("export", help="write a model as ONNX or a torch.export program (checked on test images)")
+    export.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
+    export.add_argument("--format", default="onnx", help="onnx | pt2 (default: onnx)")
+    export.add_argument("--out", metavar="FILE", help="default: RUN_DIR.onnx (or .pt2) beside the run")
+    export.add_argument("--data-dir", help="where the run's dataset is now, if it moved (for the parity check)")
+
     report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, errors, Grad-CAM, calibration")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
@@ -252,6 +258,13 @@ def _predict(args) -> None:
         print(f"{path}: " + ", ".join(f"{name} {p:.1%}" for name, p in top))
 
 
+def _export(args) -> None:
+    from .compress import export_model
+
+    done = export_model(args.source, args.format, args.out, args.data_dir)
+    print(f"{done.format}: {done.path} ({done.parity.summary()})")
+
+
 def _report(args) -> None:
     from .viz.report import write_report
 
@@ -282,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             _eval(args)
         elif args.command == "predict":
             _predict(args)
+        elif args.command == "export":
+            _export(args)
         elif args.command == "report":
             _report(args)
         elif args.command == "compare":
