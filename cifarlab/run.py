@@ -1,10 +1,11 @@
-"""Make a run: the one place above engine/, transfer/ and viz/.
+"""Make a run: the one place above engine/, transfer/, compress/ and viz/.
 
     config → the model (from scratch, or a pretrained source's weights with a fresh head)
            → the run directory (taken with a lock) → data and loaders → Trainer → final test → report
 
 The trainer receives the built model and loaders (as torchvision's reference `main(args)`
-hands objects to `train_one_epoch`); fine-tuning is the same path with a source.
+hands objects to `train_one_epoch`); fine-tuning is the same path with a source. `quantize`
+makes the int8 copy of a run the same way: the run's data → compress/ → a folder with a test.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import dataclasses
 import fcntl
 import hashlib
 import os
+import shutil
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -22,15 +25,20 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from .config import Config, from_dict, read_yaml, resolve, validate
-from .data import DeviceLoader, Splits, make_splits
+from .compress.export import save_onnx
+from .compress.quantize import quantize_int8, require_packages
+from .config import Config, QuantizeConfig, from_dict, read_yaml, resolve, validate
+from .data import DeviceLoader, Splits, make_splits, stratified_indices
 from .engine import distributed
-from .engine.metrics import read_result
+from .engine.checkpoint import load_checkpoint
+from .engine.inference import checkpoint_loader
+from .engine.metrics import metrics_from_logits, predict, read_result
 from .engine.metrics_log import read_metrics
-from .engine.runtime import configure, seed_everything
+from .engine.onnx_model import OnnxModel
+from .engine.runtime import configure, hardware, seed_everything
 from .engine.trainer import Loaders, Run, Trainer
 from .errors import CifarlabError
-from .fileio import write_text
+from .fileio import atomic_path, write_json, write_text
 from .models import create_model
 from .transfer import Source, finetune_config, open_source, pretrained_model, with_source
 
@@ -91,6 +99,67 @@ def saved_config(recipe: str | None, config_file: str | None, flags: dict, sets=
         return None  # `train` refuses a --resume without --out
     layers = {**flags, "recipe": recipe} if recipe else flags  # a recipe that differs is refused like any setting
     return resolve(config_file=config_file, flags=layers, sets=sets, base=from_dict(read_yaml(path)))
+
+
+def quantize(source: str | Path, settings: QuantizeConfig | None = None, data_dir: str | None = None,
+             verbose: bool = True) -> Run:  # fmt: skip
+    """An int8 copy of a run's (best) model, in `settings.out` or runs/<run>-int8 (-int8-2, …):
+    model.onnx, meta.json (the source's, plus what was done) and eval.json: the int8 model's
+    test metrics, evaluated once, beside the float model's on the same images. Calibration
+    images are drawn (stratified, with the run's seed) from the run's training split, rebuilt
+    from its saved config. The folder is made only once the model is ready, and removed again
+    if writing it fails: nothing is left half-written."""
+    settings = (settings or QuantizeConfig()).validate()
+    require_packages(settings)
+    checkpoint = load_checkpoint(source)
+    if isinstance(checkpoint.model, OnnxModel):
+        raise CifarlabError(f"'{source}' holds an ONNX model already ({checkpoint.model.path}); quantize the float run")
+    out = Path(settings.out) if settings.out else None
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CifarlabError(f"--out '{out}' exists and is not an empty folder; choose another --out")
+    config = checkpoint.config(data_dir)
+    splits = make_splits(config.data)
+    if settings.calib > len(splits.train):
+        raise CifarlabError(f"--calib={settings.calib} is more than the {len(splits.train)} training images of the run")
+    test = checkpoint_loader(checkpoint, config, splits.test, torch.device("cpu"))
+    float_logits, labels = predict(checkpoint.model, test, config.train.tta)
+    checkpoint.model.to(memory_format=torch.contiguous_format)  # the layout is not part of an export
+    picked = stratified_indices(splits.train.labels, settings.calib, config.train.seed)[1]
+    calibration = test.prepare(splits.train.images[picked]).contiguous()  # normalized as the model's inputs
+    train = DeviceLoader(splits.train, min(config.train.batch_size, len(splits.train)), splits.mean, splits.std,
+                         config.augment, shuffle=True, drop_last=True, seed=config.train.seed,
+                         channels_last=False) if settings.qat_epochs else None  # fmt: skip
+    proto = quantize_int8(checkpoint.model, calibration, settings, train, config.optim.label_smoothing, verbose)
+    done = {k: v for k, v in dataclasses.asdict(settings).items() if k != "out"}
+    meta = {**checkpoint.meta, "source": str(checkpoint.path), "quantization": {"int8": "U8S8 QDQ", **done}}
+    made = out is None or not out.exists()
+    folder = out or _new_folder(Path("runs") / f"{_run_name(checkpoint.path)}-int8")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / "model.onnx") as tmp:
+            save_onnx(proto, tmp, meta)
+        start = time.perf_counter()
+        logits, _ = predict(OnnxModel(folder / "model.onnx"), test, config.train.tta)
+        result = {"split": "test", "tta": config.train.tta, "source": str(checkpoint.path),
+                  "float_accuracy": (float_logits.argmax(1) == labels).double().mean().item(),
+                  "agreement_with_float": (float_logits.argmax(1) == logits.argmax(1)).double().mean().item(),
+                  "eval_seconds": time.perf_counter() - start, "hardware": hardware(), **done,
+                  **metrics_from_logits(logits, labels, checkpoint.classes)}  # fmt: skip
+        write_json(folder / "meta.json", meta)
+        write_json(folder / "eval.json", result)
+    except BaseException:
+        if made:
+            shutil.rmtree(folder)
+        else:  # an empty folder given as --out stays, empty
+            for path in folder.iterdir():
+                path.unlink()
+        raise
+    return Run(folder, config, result, None)
+
+
+def _run_name(checkpoint: Path) -> str:
+    """runs/r20/checkpoints/best → r20; a checkpoint folder elsewhere: its own name."""
+    return checkpoint.parent.parent.name if checkpoint.parent.name == "checkpoints" else checkpoint.name
 
 
 # ----------------------------------------------------------------------------- run folder

@@ -1,0 +1,142 @@
+"""int8 quantization of a trained model: post-training static quantization, its activation
+ranges calibrated on training images, optionally after quantization-aware training (QAT).
+The result is always an ONNX QDQ model, run by ONNX Runtime (engine/onnx_model.py).
+
+Backends (`--backend`):
+
+- onnxruntime (default): the float model as ONNX (compress/export.py), then ONNX Runtime's
+  `quantize_static`: QDQ format, unsigned 8-bit activations per tensor (MinMax calibration)
+  and signed 8-bit weights per output channel: "U8S8". ONNX Runtime fuses the whole graph
+  into int8 operators (QLinearConv, QLinearAdd, QGemm).
+- pt2e: PyTorch 2 export quantization: torch.export, torchao's `prepare_pt2e` with the
+  X86InductorQuantizer (u8 activations from a histogram observer, s8 symmetric per-channel
+  weights, BatchNorm folded), calibrate, `convert_pt2e`. torch.compile turns that program
+  into oneDNN int8 kernels, but only in memory: a .pt2 cannot be loaded without unpickling
+  (compress/export.py), so what is saved is its ONNX export, where ONNX Runtime runs the
+  convolutions the X86 quantizer fuses with a following add (residual joins) in float.
+
+U8S8 on this CPU (AVX512-VNNI, AMX-INT8): VNNI's vpdpbusd multiplies u8 by s8 and adds into
+int32 without the int16 saturation of the older vpmaddubsw, so `reduce_range` (7-bit weights,
+for x86 without VNNI) stays off: it would only cost precision. ONNX Runtime's MLAS runs U8S8
+GEMMs on AMX tiles where the kernel grants the process AMX (its QGEMM dispatch), and
+convolutions with symmetric weights on its AVX512-VNNI kernels. Signed activations (S8S8)
+have no int8 kernel here (MLAS has one only for AVX-VNNI-INT8): ONNX Runtime leaves half of
+ResNet-20's convolutions and its adds in float.
+
+QAT (`--qat-epochs`): fake-quantized training with the pt2e X86 scheme (prepare_qat_pt2e) on
+the run's training split and augmentation, SGD with a cosine lr from `--qat-lr`. pt2e then
+converts the QAT program with the ranges it learned; onnxruntime takes its adapted float
+weights (and BatchNorm statistics) and calibrates them as above.
+
+Why onnxruntime is the default: MEASURED
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import QuantizeConfig
+from ..data import DeviceLoader
+from ..errors import import_extra
+from .export import batch_axis, onnx_proto
+
+CALIBRATION_BATCH = 100
+
+
+def require_packages(settings: QuantizeConfig) -> None:
+    """Fail before any work when a package these settings need is missing."""
+    needs_torchao = settings.backend == "pt2e" or settings.qat_epochs > 0
+    for package in ("onnx", "onnxscript", "onnxruntime.quantization") + (("torchao",) if needs_torchao else ()):
+        import_extra(package)
+
+
+def quantize_int8(model: nn.Module, calibration: torch.Tensor, settings: QuantizeConfig,
+                  train: DeviceLoader | None = None, label_smoothing: float = 0.0, verbose: bool = True):  # fmt: skip
+    """The int8 ONNX ModelProto of `model` (changed in place by QAT). `calibration`: normalized
+    training images, float (N, 3, H, W); `train`: the augmented training batches QAT uses."""
+    example = calibration[:2]
+    qat = _train_qat(model, example, train, settings, label_smoothing, verbose) if settings.qat_epochs else None
+    if settings.backend == "pt2e":
+        convert_pt2e = import_extra("torchao.quantization.pt2e.quantize_pt2e").convert_pt2e
+        if qat is None:
+            qat = prepare_pt2e(model.eval(), example)
+            calibrate(qat, calibration)
+        program = convert_pt2e(qat)
+        program.training = False  # the graph is in eval mode (exported so, or moved there after QAT); the exporter reads this flag
+        return onnx_proto(program, example)
+    if qat is not None:  # the QAT program holds the model's own parameters and buffers under their names
+        model.load_state_dict({name: value for name, value in qat.state_dict().items() if name in model.state_dict()})
+    return _quantize_static(onnx_proto(model.eval(), example), calibration)
+
+
+def prepare_pt2e(model: nn.Module, example: torch.Tensor, qat: bool = False):
+    """`model` exported and annotated by the X86InductorQuantizer: observers (fake quantizers
+    for QAT) on every tensor the int8 kernels will read."""
+    quantize_pt2e = import_extra("torchao.quantization.pt2e.quantize_pt2e")
+    x86 = import_extra("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
+    quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config(is_qat=qat))
+    program = torch.export.export(model, (example,), dynamic_shapes=batch_axis()).module()
+    return (quantize_pt2e.prepare_qat_pt2e if qat else quantize_pt2e.prepare_pt2e)(program, quantizer)
+
+
+@torch.no_grad()
+def calibrate(prepared: nn.Module, images: torch.Tensor) -> None:
+    for batch in images.split(CALIBRATION_BATCH):
+        prepared(batch)
+
+
+def _train_qat(model: nn.Module, example: torch.Tensor, train: DeviceLoader, settings: QuantizeConfig,
+               label_smoothing: float, verbose: bool):  # fmt: skip
+    pt2e = import_extra("torchao.quantization.pt2e")
+    prepared = prepare_pt2e(model.train(), example, qat=True)
+    pt2e.move_exported_model_to_train(prepared)
+    optimizer = torch.optim.SGD(prepared.parameters(), lr=settings.qat_lr, momentum=0.9, nesterov=True)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.qat_epochs * len(train))
+    for epoch in range(settings.qat_epochs):
+        total, count = 0.0, 0
+        for x, y in train.epoch(epoch):
+            loss = F.cross_entropy(prepared(x), y, label_smoothing=label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total, count = total + loss.item() * len(x), count + len(x)
+        if verbose:
+            print(f"QAT epoch {epoch + 1}/{settings.qat_epochs}: train loss {total / count:.4f}", file=sys.stderr)
+    pt2e.move_exported_model_to_eval(prepared)
+    return prepared
+
+
+class _Batches:
+    """ONNX Runtime's CalibrationDataReader protocol (get_next; None at the end) over images."""
+
+    def __init__(self, images: torch.Tensor, input_name: str):
+        self.batches = iter(images.split(CALIBRATION_BATCH))
+        self.input_name = input_name
+
+    def get_next(self) -> dict | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {self.input_name: batch.contiguous().numpy()}
+
+
+def _quantize_static(proto, calibration: torch.Tensor):
+    """ONNX Runtime's static quantization of a float ONNX model (U8S8, QDQ, per channel), after
+    its recommended pre-processing (shape inference, graph optimization)."""
+    quantization = import_extra("onnxruntime.quantization")
+    shape_inference = import_extra("onnxruntime.quantization.shape_inference")
+    onnx = import_extra("onnx")
+    with tempfile.TemporaryDirectory() as folder:  # both write their models to files
+        ready, out = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
+        shape_inference.quant_pre_process(proto, ready)
+        quantization.quantize_static(
+            ready, out, _Batches(calibration, proto.graph.input[0].name), quant_format=quantization.QuantFormat.QDQ,
+            activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
+            per_channel=True, reduce_range=False,
+        )  # fmt: skip
+        return onnx.load(out)
