@@ -33,6 +33,7 @@ Why onnxruntime is the default: MEASURED
 
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -51,9 +52,23 @@ CALIBRATION_BATCH = 100
 
 def require_packages(settings: QuantizeConfig) -> None:
     """Fail before any work when a package these settings need is missing."""
-    needs_torchao = settings.backend == "pt2e" or settings.qat_epochs > 0
-    for package in ("onnx", "onnxscript", "onnxruntime.quantization") + (("torchao",) if needs_torchao else ()):
+    for package in ("onnx", "onnxscript", "onnxruntime.quantization"):
         import_extra(package)
+    if settings.backend == "pt2e" or settings.qat_epochs > 0:
+        _torchao("torchao")
+
+
+def _torchao(module: str):
+    """A torchao module. Importing torchao 0.18 under torch 2.14 logs a deprecation warning
+    meant for torchao's developers (an Enum registered with torch's pytree); it stays off the
+    user's screen."""
+    logger = logging.getLogger("torch.utils._pytree")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return import_extra(module)
+    finally:
+        logger.setLevel(level)
 
 
 def quantize_int8(model: nn.Module, calibration: torch.Tensor, settings: QuantizeConfig,
@@ -63,7 +78,7 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor, settings: Quantiz
     example = calibration[:2]
     qat = _train_qat(model, example, train, settings, label_smoothing, verbose) if settings.qat_epochs else None
     if settings.backend == "pt2e":
-        convert_pt2e = import_extra("torchao.quantization.pt2e.quantize_pt2e").convert_pt2e
+        convert_pt2e = _torchao("torchao.quantization.pt2e.quantize_pt2e").convert_pt2e
         if qat is None:
             qat = prepare_pt2e(model.eval(), example)
             calibrate(qat, calibration)
@@ -78,8 +93,8 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor, settings: Quantiz
 def prepare_pt2e(model: nn.Module, example: torch.Tensor, qat: bool = False):
     """`model` exported and annotated by the X86InductorQuantizer: observers (fake quantizers
     for QAT) on every tensor the int8 kernels will read."""
-    quantize_pt2e = import_extra("torchao.quantization.pt2e.quantize_pt2e")
-    x86 = import_extra("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
+    quantize_pt2e = _torchao("torchao.quantization.pt2e.quantize_pt2e")
+    x86 = _torchao("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config(is_qat=qat))
     program = torch.export.export(model, (example,), dynamic_shapes=batch_axis()).module()
     return (quantize_pt2e.prepare_qat_pt2e if qat else quantize_pt2e.prepare_pt2e)(program, quantizer)
@@ -93,7 +108,7 @@ def calibrate(prepared: nn.Module, images: torch.Tensor) -> None:
 
 def _train_qat(model: nn.Module, example: torch.Tensor, train: DeviceLoader, settings: QuantizeConfig,
                label_smoothing: float, verbose: bool):  # fmt: skip
-    pt2e = import_extra("torchao.quantization.pt2e")
+    pt2e = _torchao("torchao.quantization.pt2e")
     prepared = prepare_pt2e(model.train(), example, qat=True)
     pt2e.move_exported_model_to_train(prepared)
     optimizer = torch.optim.SGD(prepared.parameters(), lr=settings.qat_lr, momentum=0.9, nesterov=True)
