@@ -21,7 +21,7 @@ def data_root(synthetic_root):
     return real_data_root() or synthetic_root
 
 
-@pytest.mark.parametrize("model", ["lenet", pytest.param("resnet20", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("model", ["lenet", *(pytest.param(m, marks=pytest.mark.slow) for m in ("resnet20", "airbench"))])
 @pytest.mark.parametrize("format", ["onnx", "pt2"])
 def test_export_reproduces_the_model(format, model, data_root, tmp_path):
     source = write_run_checkpoint(tmp_path / "ckpt", data_root, model)
