@@ -18,8 +18,9 @@ Throughput: images/s at batch 256; latency: median ms of single-image calls (the
 `--repeats` rounds in which the models take turns, since the CPU may be shared: the least
 disturbed round counts). Accuracy: top-1 on the whole test set (no TTA); agreement: the same
 top-1 class as fp32 eager.
-`isa` lists the oneDNN kernels PyTorch ran (ONEDNN_VERBOSE) and whether ONNX Runtime's MLAS
-was granted AMX by the kernel (arch_prctl), which is when it dispatches U8S8 GEMMs to AMX.
+`isa` lists the oneDNN kernels PyTorch ran (ONEDNN_VERBOSE; none: PyTorch's own kernels) and
+whether ONNX Runtime's MLAS was granted AMX by the kernel (arch_prctl), which is when it
+dispatches U8S8 GEMMs to AMX.
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ def ort_amx_granted() -> bool:
 
 
 def measure(run: str, calib: int, batches: int, repeats: int) -> dict:
+    with tempfile.TemporaryDirectory() as folder:  # the ONNX files (sessions read them when made)
+        return _measure(run, calib, batches, repeats, Path(folder))
+
+
+def _measure(run: str, calib: int, batches: int, repeats: int, folder: Path) -> dict:
     checkpoint = load_checkpoint(run)
     config = checkpoint.config()
     splits = make_splits(config.data)
@@ -135,7 +141,6 @@ def measure(run: str, calib: int, batches: int, repeats: int) -> dict:
     models = {"fp32 eager": checkpoint.model}
     checkpoint.model.to(memory_format=torch.contiguous_format)
     float_proto = onnx_proto(checkpoint.model, calibration[:2])
-    folder = Path(tempfile.mkdtemp())
     models["fp32 onnxruntime"] = onnx_session(float_proto, folder, "fp32")
     models["int8 onnxruntime (U8S8)"] = onnx_session(_quantize_static(float_proto, calibration), folder, "u8s8")
     models["int8 onnxruntime (S8S8)"] = onnx_session(s8s8(float_proto, calibration), folder, "s8s8")
@@ -160,8 +165,9 @@ def measure(run: str, calib: int, batches: int, repeats: int) -> dict:
         results[name]["test_accuracy"] = (logits.argmax(1) == labels).double().mean().item()
         results[name]["agreement_with_fp32"] = (logits.argmax(1) == reference.argmax(1)).double().mean().item()
         print(f"{run}: {name}: {results[name]}", file=sys.stderr)
-    isa = {"pytorch fp32 eager (oneDNN)": onednn_kernels(checkpoint.model, x1),
-           "pytorch int8 pt2e compiled (oneDNN)": onednn_kernels(compiled, x1.contiguous()),
+    isa = {"pytorch fp32 eager (oneDNN), batch 256": onednn_kernels(checkpoint.model, x256),
+           "pytorch fp32 eager (oneDNN), batch 1": onednn_kernels(checkpoint.model, x1),
+           "pytorch int8 pt2e compiled (oneDNN), batch 256": onednn_kernels(compiled, x256.contiguous()),
            "onnxruntime granted AMX": ort_amx_granted()}  # fmt: skip
     return {"run": run, "model": checkpoint.meta["model"], "calib": calib, "pt2e_compile_seconds": compile_seconds,
             "results": results, "isa": isa}  # fmt: skip
