@@ -131,7 +131,7 @@ def quantize(source: str | Path, settings: QuantizeConfig | None = None, data_di
                          channels_last=False) if settings.qat_epochs else None  # fmt: skip
     proto = quantize_int8(checkpoint.model, calibration, settings, train, config.optim.label_smoothing, verbose)
     done = {k: v for k, v in dataclasses.asdict(settings).items() if k != "out"}
-    meta = {**checkpoint.meta, "source": str(checkpoint.path), "quantization": {"int8": "U8S8 QDQ", **done}}
+    meta = {**checkpoint.meta, "source": str(checkpoint.path.resolve()), "quantization": {"int8": "U8S8 QDQ", **done}}
     made = out is None or not out.exists()
     folder = out or _new_folder(Path("runs") / f"{_run_name(checkpoint.path)}-int8")
     try:
@@ -140,7 +140,7 @@ def quantize(source: str | Path, settings: QuantizeConfig | None = None, data_di
             save_onnx(proto, tmp, meta)
         start = time.perf_counter()
         logits, _ = predict(OnnxModel(folder / "model.onnx"), test, config.train.tta)
-        result = {"split": "test", "tta": config.train.tta, "source": str(checkpoint.path),
+        result = {"split": "test", "tta": config.train.tta, "source": meta["source"],
                   "float_accuracy": (float_logits.argmax(1) == labels).double().mean().item(),
                   "agreement_with_float": (float_logits.argmax(1) == logits.argmax(1)).double().mean().item(),
                   "eval_seconds": time.perf_counter() - start, "hardware": hardware(), **done,
