@@ -22,8 +22,8 @@ from test_bad_inputs import assert_refused, run_cli
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, synthetic_root):
-    """LeNet after 125 SGD steps on 4,000 real training images (~40% test accuracy): a net
-    whose decisions mean something, in seconds."""
+    """LeNet after 125 SGD steps on 4,000 real training images: a net whose decisions mean
+    something, made in seconds."""
     root = real_data_root()
     out = tmp_path_factory.mktemp("trained") / "run"
     subset = ["data.train_subset=4000"] if root else []
