@@ -7,30 +7,36 @@
     model = cifarlab.load_model(run.dir)
     tuned = cifarlab.finetune(run.dir, "cifar100", "full")   # → the same kind of Run
     small = cifarlab.prune(run.dir, amount=0.5)              # fewer channels, fine-tuned: a Run too
+    int8 = cifarlab.quantize(run.dir)                  # → runs/<run>-int8 (model.onnx), int8.test
+    cifarlab.export_model(run.dir, "onnx")             # → <run>.onnx, checked on test images
 """
 
 __version__ = "0.1.0"
 
-from .config import Config, resolve as resolve_config  # noqa: E402
+from .compress import export_model  # noqa: E402
+from .config import Config, QuantizeConfig, resolve as resolve_config  # noqa: E402
 from .engine import Checkpoint, Run, classify_images, evaluate, load_checkpoint, load_model  # noqa: E402
 from .errors import CifarlabError  # noqa: E402
 from .models import create_model, list_models, model_stats  # noqa: E402
-from .run import finetune, prune, train  # noqa: E402
+from .run import finetune, prune, quantize, train  # noqa: E402
 
 __all__ = [
     "Checkpoint",
     "CifarlabError",
     "Config",
+    "QuantizeConfig",
     "Run",
     "classify_images",
     "create_model",
     "evaluate",
+    "export_model",
     "finetune",
     "list_models",
     "load_checkpoint",
     "load_model",
     "model_stats",
     "prune",
+    "quantize",
     "resolve_config",
     "train",
 ]

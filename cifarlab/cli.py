@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import get_args
 
 from . import __version__
-from .config import CIFAR_DATASETS, choices
+from .config import CIFAR_DATASETS, QuantBackend, QuantizeConfig, choices
 from .errors import CifarlabError, describe_os_error
 
 DATASET_HELP = f"{' | '.join(CIFAR_DATASETS)}, a class subset (cifar10:cat,dog), folder:PATH"
@@ -120,6 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--device", default="auto")
+
+    export = commands.add_parser("export", help="write a model as ONNX or a torch.export program (checked on test images)")
+    export.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
+    export.add_argument("--format", default="onnx", help="onnx | pt2 (default: onnx)")
+    export.add_argument("--out", metavar="FILE", help="default: RUN_DIR.onnx (or .pt2) beside the run")
+    export.add_argument("--data-dir", help="where the run's dataset is now, if it moved (for the parity check)")
+
+    quantize = commands.add_parser("quantize", help="an int8 copy of a run (ONNX), calibrated on training images, tested once")
+    quantize.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
+    quantize.add_argument("--int8", action="store_true", help="8-bit integer weights and activations (the one precision so far)")
+    quantize.add_argument("--calib", type=int, metavar="N",
+                          help=f"training images that set the activation ranges (default: {QuantizeConfig.calib})")
+    quantize.add_argument("--qat-epochs", type=int, metavar="E",
+                          help="quantization-aware training epochs first (default: 0, none)")
+    quantize.add_argument("--qat-lr", type=float, metavar="LR", help=f"QAT's peak SGD lr (default: {QuantizeConfig.qat_lr})")
+    quantize.add_argument("--backend",
+                          help=f"{' | '.join(get_args(QuantBackend))} (default: {QuantizeConfig.backend}; see compress/quantize.py)")
+    quantize.add_argument("--out", metavar="DIR", help="output folder (default: runs/<run>-int8, or -int8-N when taken)")
+    quantize.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
 
     report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, errors, Grad-CAM, calibration")
     report.add_argument("run_dir", metavar="RUN_DIR")
@@ -282,6 +302,27 @@ def _predict(args) -> None:
         print(f"{path}: " + ", ".join(f"{name} {p:.1%}" for name, p in top))
 
 
+def _export(args) -> None:
+    from .compress import export_model
+
+    done = export_model(args.source, args.format, args.out, args.data_dir)
+    print(f"{done.format}: {done.path} ({done.parity.summary()})")
+
+
+def _quantize(args) -> None:
+    from .run import quantize
+
+    if not args.int8:
+        raise CifarlabError("choose the precision: --int8 (the only one so far)")
+    given = {"backend": args.backend, "calib": args.calib, "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr,
+             "out": args.out}  # fmt: skip
+    run = quantize(args.source, QuantizeConfig(**{k: v for k, v in given.items() if v is not None}), args.data_dir)
+    result = run.test
+    print(f"int8 ({result['backend']}): {run.dir}")
+    print(f"test accuracy {result['accuracy']:.2%} (float: {result['float_accuracy']:.2%}); the same top-1 class as "
+          f"the float model on {result['agreement_with_float']:.2%} of {result['num_images']} images (tta={result['tta']})")
+
+
 def _report(args) -> None:
     from .viz.report import write_report
 
@@ -314,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
             _eval(args)
         elif args.command == "predict":
             _predict(args)
+        elif args.command == "export":
+            _export(args)
+        elif args.command == "quantize":
+            _quantize(args)
         elif args.command == "report":
             _report(args)
         elif args.command == "compare":

@@ -34,6 +34,7 @@ Schedule = Literal["constant", "step", "cosine", "linear"]
 Precision = Literal["auto", "fp32", "bf16"]
 TTA = Literal["none", "flip", "flip-translate"]
 Strategy = Literal["linear", "full", "gradual"]
+QuantBackend = Literal["onnxruntime", "pt2e"]
 
 
 @dataclass
@@ -161,6 +162,29 @@ class _Dumper(yaml.SafeDumper):
 
 def _is_flat(values) -> bool:
     return all(not isinstance(v, (dict, list, tuple)) for v in values)
+
+
+@dataclass
+class QuantizeConfig:
+    """What `cifarlab quantize` does to a trained model (not a training setting: the int8
+    folder's meta.json keeps it beside the source run's config)."""
+
+    backend: QuantBackend = "onnxruntime"  # which quantizer; the result is ONNX either way (compress/quantize.py)
+    calib: int = 1000  # training images (unaugmented) that set the activation ranges
+    qat_epochs: int = 0  # quantization-aware training epochs on the training split first; 0 = off
+    qat_lr: float = 0.001  # QAT's peak SGD lr (cosine to 0): about 1% of a from-scratch lr, to adapt the weights
+    out: str | None = None  # output folder; None = runs/<source>-int8 (or -int8-2, ...)
+
+    def validate(self) -> QuantizeConfig:
+        """One CifarlabError naming the flag, as `validate` does for a run's config."""
+        _check_choice(self.backend, typing.get_args(QuantBackend), "--backend")
+        if self.calib < 1:
+            raise CifarlabError(f"--calib={self.calib} is out of range; it must be > 0")
+        if self.qat_epochs < 0:
+            raise CifarlabError(f"--qat-epochs={self.qat_epochs} is out of range; it must be >= 0")
+        if not (math.isfinite(self.qat_lr) and self.qat_lr > 0):
+            raise CifarlabError(f"--qat-lr={self.qat_lr} is out of range; it must be a finite number > 0")
+        return self
 
 
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar100-coarse")

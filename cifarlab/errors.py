@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib
 from pathlib import Path
 
 
@@ -35,3 +36,13 @@ def describe_os_error(e: OSError) -> str:
 def first_line(e: BaseException) -> str:
     """The first line of a library's exception text; the lines after it advise programmers."""
     return next(iter(str(e).splitlines()), type(e).__name__)
+
+
+def import_extra(module: str, extra: str = "compress"):
+    """An optional dependency (onnxruntime, torchao, ...), or one CifarlabError saying how to
+    install it: the core commands must work without these packages."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        name = module.split(".")[0]
+        raise CifarlabError(f"this needs the {name} package, which is not installed: pip install 'cifarlab[{extra}]'") from None

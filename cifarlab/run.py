@@ -6,6 +6,8 @@
 The trainer receives the built model and loaders (as torchvision's reference `main(args)`
 hands objects to `train_one_epoch`); fine-tuning is the same path with a source, and so is
 pruning: the pruned net, saved in the run's folder, is the source of a fine-tuning run.
+`quantize` makes the int8 copy of a run the same way: the run's data → compress/ → a folder
+with a test.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import fcntl
 import hashlib
 import itertools
 import os
+import shutil
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -26,17 +30,21 @@ from torch import nn
 
 from . import __version__
 from .compress import PruneTarget, describe, prune_model, pruned_config
+from .compress.export import save_onnx
 from .compress.prune import TAYLOR_BATCHES
-from .config import Config, from_dict, read_yaml, resolve, validate
-from .data import DeviceLoader, Splits, make_splits
+from .compress.quantize import quantize_int8, require_packages
+from .config import Config, QuantizeConfig, from_dict, read_yaml, resolve, validate
+from .data import DeviceLoader, Splits, make_splits, stratified_indices
 from .engine import distributed
 from .engine.checkpoint import load_checkpoint, save_checkpoint
-from .engine.metrics import read_result
+from .engine.inference import checkpoint_loader
+from .engine.metrics import metrics_from_logits, predict, read_result
 from .engine.metrics_log import read_metrics
-from .engine.runtime import configure, seed_everything
+from .engine.onnx_model import OnnxModel
+from .engine.runtime import configure, hardware, seed_everything
 from .engine.trainer import Loaders, Run, Trainer
 from .errors import CifarlabError
-from .fileio import write_json, write_text
+from .fileio import atomic_path, write_json, write_text
 from .models import create_model
 from .transfer import Source, finetune_config, open_source, pretrained_model, with_source
 
@@ -100,15 +108,17 @@ def prune(source: str | Path, method: str = "channels", amount: float | None = N
     if os.environ.get("WORLD_SIZE", "1") != "1":
         raise CifarlabError("prune runs in one process; continue its run under torchrun with `train --out RUN --resume`")
     checkpoint = load_checkpoint(source)
+    if isinstance(checkpoint.model, OnnxModel):
+        raise CifarlabError(f"'{source}' holds an ONNX model ({checkpoint.model.path}); prune the float run it came from")
     config = pruned_config(checkpoint.config(), method, finetune_epochs, out, data_dir, device, sets)
-    source_run = checkpoint.folder.parent.parent if checkpoint.folder.parent.name == "checkpoints" else checkpoint.folder
+    source_run = checkpoint.path.parent.parent if checkpoint.path.parent.name == "checkpoints" else checkpoint.path
     with distributed.session(config.train.device) as dev:
         configure(config.train.threads, config.train.deterministic)
         seed_everything(config.train.seed)
         splits = make_splits(config.data)
         checkpoint.model.to(dev)
         record, resized = prune_model(checkpoint, target, config.data.image_size, _importance_batches(config, splits, dev))
-        record = {"source": str(checkpoint.folder), **record}
+        record = {"source": str(checkpoint.path), **record}
         if (source_run / "eval.json").is_file():
             record["source_test_accuracy"] = read_result(source_run)["accuracy"]
         with _run_directory(config, False, Path("runs") / f"{source_run.name}-pruned") as run_dir:
@@ -156,6 +166,67 @@ def saved_config(recipe: str | None, config_file: str | None, flags: dict, sets=
         return None  # `train` refuses a --resume without --out
     layers = {**flags, "recipe": recipe} if recipe else flags  # a recipe that differs is refused like any setting
     return resolve(config_file=config_file, flags=layers, sets=sets, base=from_dict(read_yaml(path)))
+
+
+def quantize(source: str | Path, settings: QuantizeConfig | None = None, data_dir: str | None = None,
+             verbose: bool = True) -> Run:  # fmt: skip
+    """An int8 copy of a run's (best) model, in `settings.out` or runs/<run>-int8 (-int8-2, …):
+    model.onnx, meta.json (the source's, plus what was done) and eval.json: the int8 model's
+    test metrics, evaluated once, beside the float model's on the same images. Calibration
+    images are drawn (stratified, with the run's seed) from the run's training split, rebuilt
+    from its saved config. The folder is made only once the model is ready, and removed again
+    if writing it fails: nothing is left half-written."""
+    settings = (settings or QuantizeConfig()).validate()
+    require_packages(settings)
+    checkpoint = load_checkpoint(source)
+    if isinstance(checkpoint.model, OnnxModel):
+        raise CifarlabError(f"'{source}' holds an ONNX model already ({checkpoint.model.path}); quantize the float run")
+    out = Path(settings.out) if settings.out else None
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CifarlabError(f"--out '{out}' exists and is not an empty folder; choose another --out")
+    config = checkpoint.config(data_dir)
+    splits = make_splits(config.data)
+    if settings.calib > len(splits.train):
+        raise CifarlabError(f"--calib={settings.calib} is more than the {len(splits.train)} training images of the run")
+    test = checkpoint_loader(checkpoint, config, splits.test, torch.device("cpu"))
+    float_logits, labels = predict(checkpoint.model, test, config.train.tta)
+    checkpoint.model.to(memory_format=torch.contiguous_format)  # the layout is not part of an export
+    picked = stratified_indices(splits.train.labels, settings.calib, config.train.seed)[1]
+    calibration = test.prepare(splits.train.images[picked]).contiguous()  # normalized as the model's inputs
+    train = DeviceLoader(splits.train, min(config.train.batch_size, len(splits.train)), splits.mean, splits.std,
+                         config.augment, shuffle=True, drop_last=True, seed=config.train.seed,
+                         channels_last=False) if settings.qat_epochs else None  # fmt: skip
+    proto = quantize_int8(checkpoint.model, calibration, settings, train, config.optim.label_smoothing, verbose)
+    done = {k: v for k, v in dataclasses.asdict(settings).items() if k != "out"}
+    meta = {**checkpoint.meta, "source": str(checkpoint.path.resolve()), "quantization": {"int8": "U8S8 QDQ", **done}}
+    made = out is None or not out.exists()
+    folder = out or _new_folder(Path("runs") / f"{_run_name(checkpoint.path)}-int8")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / "model.onnx") as tmp:
+            save_onnx(proto, tmp, meta)
+        start = time.perf_counter()
+        logits, _ = predict(OnnxModel(folder / "model.onnx"), test, config.train.tta)
+        result = {"split": "test", "tta": config.train.tta, "source": meta["source"],
+                  "float_accuracy": (float_logits.argmax(1) == labels).double().mean().item(),
+                  "agreement_with_float": (float_logits.argmax(1) == logits.argmax(1)).double().mean().item(),
+                  "eval_seconds": time.perf_counter() - start, "hardware": hardware(), **done,
+                  **metrics_from_logits(logits, labels, checkpoint.classes)}  # fmt: skip
+        write_json(folder / "meta.json", meta)
+        write_json(folder / "eval.json", result)
+    except BaseException:
+        if made:
+            shutil.rmtree(folder)
+        else:  # an empty folder given as --out stays, empty
+            for path in folder.iterdir():
+                path.unlink()
+        raise
+    return Run(folder, config, result, None)
+
+
+def _run_name(checkpoint: Path) -> str:
+    """runs/r20/checkpoints/best → r20; a checkpoint folder elsewhere: its own name."""
+    return checkpoint.parent.parent.name if checkpoint.parent.name == "checkpoints" else checkpoint.name
 
 
 # ----------------------------------------------------------------------------- run folder

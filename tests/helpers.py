@@ -58,6 +58,21 @@ def write_source_checkpoint(folder: Path, name: str = "resnet20", seed: int = 0)
     return folder
 
 
+def write_run_checkpoint(folder: Path, data_root: Path, name: str = "lenet", sets=()) -> Path:
+    """A freshly initialized checkpoint whose meta.json holds a run's config (the tutorial
+    recipe on `data_root`, with `sets`): what evaluation, export and quantization rebuild the
+    run's data from."""
+    import json
+
+    from cifarlab.config import resolve
+
+    write_source_checkpoint(folder, name)
+    config = resolve("tutorial", sets=[f"data.data_dir={data_root}", f"model.name={name}", *sets])
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "config": config.to_dict()}))
+    return folder
+
+
 # Tests run once per model keep these in the quick loop (`pytest -m "not slow"`): small nets of
 # the main kinds (a plain CNN, a residual net, a torchvision net); the other models run in full runs.
 QUICK_MODELS = ("lenet", "resnet20", "torchvision:resnet18")

@@ -5,6 +5,11 @@
 A checkpoint folder is written beside its final place and swapped in with renames, so a
 crash at any moment leaves either the old or the new checkpoint, never a mix. Nothing here
 unpickles code: weights are safetensors, and `state.pt` is read with `weights_only=True`.
+
+A folder may hold `model.onnx` instead of `model.safetensors` (`cifarlab quantize` writes
+such folders), and an exported `.onnx` file carries its meta.json inside; both load as an
+OnnxModel (engine/onnx_model.py). A `.pt2` program is refused: torch.export.load unpickles
+parts of the archive and falls back to `weights_only=False` when the safe load fails.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from ..config import Config, from_dict
 from ..errors import CifarlabError, first_line
 from ..fileio import disk_full_as_os_error, fsync, read_json
 from ..models import create_model
+from .onnx_model import OnnxModel
 
 FORMAT = "cifarlab-checkpoint-v1"
 
@@ -75,10 +81,13 @@ def read_meta(folder: Path) -> dict:
     path = folder / "meta.json"
     if not path.exists():
         raise CifarlabError(f"'{folder}' is not a cifarlab checkpoint (no meta.json)")
-    meta = read_json(path, "checkpoint file")
+    return checked_meta(read_json(path, "checkpoint file"), path)
+
+
+def checked_meta(meta, where: Path) -> dict:
     problem = _meta_problem(meta)
     if problem:
-        raise CifarlabError(f"'{path}' is not a valid {FORMAT} file: {problem}")
+        raise CifarlabError(f"'{where}' is not a valid {FORMAT} file: {problem}")
     return meta
 
 
@@ -192,23 +201,42 @@ class Checkpoint:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     meta: dict
-    folder: Path
+    path: Path  # the checkpoint folder, or the exported .onnx file
 
-    def config(self) -> Config:
-        """The run's saved config (evaluation rebuilds its data from it)."""
+    def config(self, data_dir: str | None = None) -> Config:
+        """The run's saved config (evaluation rebuilds its data from it); `data_dir`: where
+        the run's dataset is now, if it moved."""
         if "config" not in self.meta:
-            raise CifarlabError(f"'{self.folder}/meta.json' has no saved config; it cannot be evaluated on its dataset")
-        return from_dict(self.meta["config"])
+            raise CifarlabError(f"the meta.json of '{self.path}' has no saved config; it cannot be evaluated on its dataset")
+        config = from_dict(self.meta["config"])
+        if data_dir is not None:
+            config.data.data_dir = data_dir
+        return config
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
-    folder = find_checkpoint(path)
-    meta = read_meta(folder)
-    model = create_model(meta["model"], num_classes=len(meta["classes"]), resized=meta.get("model_resized"),
-                         **meta.get("model_options", {}))  # fmt: skip
-    load_weights_into(model, read_weights(folder / "model.safetensors"), str(folder))
+    """A run's best (else last) checkpoint, a checkpoint folder, or an ONNX model (see the
+    module docstring), ready for inference."""
+    path = Path(path)
+    if path.suffix == ".pt2" and path.is_file():
+        raise CifarlabError(
+            f"'{path}' is a torch.export program: loading one can run pickled code, so cifarlab does not; "
+            f"evaluate the run it came from, or its ONNX export"
+        )
+    if path.suffix == ".onnx" and path.is_file():
+        model = OnnxModel(path)
+        meta = checked_meta(model.meta(), path)
+    else:
+        path = find_checkpoint(path)
+        meta = read_meta(path)
+        if (path / "model.onnx").is_file():
+            model = OnnxModel(path / "model.onnx")
+        else:
+            model = create_model(meta["model"], num_classes=len(meta["classes"]), resized=meta.get("model_resized"),
+                                 **meta.get("model_options", {}))  # fmt: skip
+            load_weights_into(model, read_weights(path / "model.safetensors"), str(path))
     model.to(device).eval()
-    return Checkpoint(model, meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), meta, folder)
+    return Checkpoint(model, meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), meta, path)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:

@@ -28,9 +28,7 @@ def evaluate(
         raise CifarlabError(f"unknown TTA '{tta}'; choose one of: {', '.join(choices('train.tta'))}")
     dev = select_device(device)
     checkpoint = load_checkpoint(source, dev)
-    config = checkpoint.config()
-    if data_dir is not None:
-        config.data.data_dir = data_dir
+    config = checkpoint.config(data_dir)
     splits = make_splits(config.data)
     data = splits.val if split == "val" else splits.test
     if data is None:
@@ -39,7 +37,7 @@ def evaluate(
     logits, labels = predict(checkpoint.model, loader, tta, autocast(dev, config.train.precision))
     return {
         "split": split,
-        "checkpoint": str(checkpoint.folder),
+        "checkpoint": str(checkpoint.path),
         "tta": tta,
         **metrics_from_logits(logits, labels, checkpoint.classes),
     }
