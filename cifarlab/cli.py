@@ -141,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--out", metavar="DIR", help="output folder (default: runs/<run>-int8, or -int8-N when taken)")
     quantize.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
 
+    bench = commands.add_parser("bench", help="params, MACs, size, CPU latency and throughput, test accuracy of runs, "
+                                             "side by side (table, JSON, plot)")  # fmt: skip
+    bench.add_argument("sources", nargs="+", metavar="RUN_DIR|INT8_DIR|FILE.onnx",
+                       help="the first is the baseline of the speed-up columns")
+    bench.add_argument("--threads", type=int, metavar="T", help="CPU threads for PyTorch and ONNX Runtime (default: torch's)")
+    bench.add_argument("--calls", type=int, default=200, metavar="N", help="batch-1 calls per variant (default: 200)")
+    bench.add_argument("--batches", type=int, default=2, metavar="B", help="batches of 256 per timing round (default: 2)")
+    bench.add_argument("--out", metavar="DIR", help="where bench.json and bench.png go (default: the first RUN_DIR)")
+    bench.add_argument("--data-dir", help="where the runs' dataset is now, if it moved")
+
     report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, errors, Grad-CAM, calibration")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
@@ -323,6 +333,14 @@ def _quantize(args) -> None:
           f"the float model on {result['agreement_with_float']:.2%} of {result['num_images']} images (tta={result['tta']})")
 
 
+def _bench(args) -> None:
+    from .compress.bench import format_table, write_bench
+
+    table, folder = write_bench(args.sources, args.out, args.threads, args.calls, args.batches, args.data_dir)
+    print(format_table(table))
+    print(f"written: {folder / 'bench.json'}, {folder / 'bench.png'}")
+
+
 def _report(args) -> None:
     from .viz.report import write_report
 
@@ -361,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             _quantize(args)
         elif args.command == "report":
             _report(args)
+        elif args.command == "bench":
+            _bench(args)
         elif args.command == "compare":
             _compare(args)
     except (CifarlabError, OSError) as e:  # OSError: a write into a bad place, a full disk

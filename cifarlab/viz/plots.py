@@ -224,3 +224,26 @@ def dataset_overview(samples: torch.Tensor, classes: list[str], statistics: list
     text_ax.text(0, 1, "per-channel statistics (R G B, 0..1)\n\n" + "\n".join(lines), va="top", family="monospace",
                  fontsize=9)  # fmt: skip
     return figure
+
+
+def compression_tradeoff(rows: list[dict]) -> Figure:
+    """Test accuracy against batch-1 latency (p50, with the p99 as a whisker) and against
+    batch-256 throughput, one point per variant of `cifarlab bench`."""
+    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    latency, throughput = figure.subplots(1, 2)
+    for i, r in enumerate(rows):
+        color = f"C{i % 10}"
+        p50, p99 = r["latency_ms_p50"], r["latency_ms_p99"]
+        latency.errorbar([p50], [r["test_accuracy"]], xerr=[[0], [p99 - p50]], fmt="o", color=color, capsize=3,
+                         label=f"{r['label']} ({r['runtime']} {r['precision']})")  # fmt: skip
+        throughput.plot([r["images_per_s"]], [r["test_accuracy"]], "o", color=color)
+        for ax, x in ((latency, p50), (throughput, r["images_per_s"])):
+            ax.annotate(r["label"], (x, r["test_accuracy"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    latency.set(xlabel="latency at batch 1, ms (p50; whisker to p99)", ylabel="test accuracy",
+                title="accuracy vs latency (left is faster)")  # fmt: skip
+    throughput.set(xlabel="images/s at batch 256", ylabel="test accuracy", title="accuracy vs throughput (right is faster)")
+    for ax in (latency, throughput):
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.grid(alpha=0.3)
+    latency.legend(loc="lower right", fontsize=8)
+    return figure

@@ -22,7 +22,7 @@ from ..engine.metrics import read_result
 from ..engine.metrics_log import read_metrics
 from ..engine.runtime import select_device
 from ..errors import CifarlabError
-from ..fileio import write_text
+from ..fileio import read_json, write_text
 from ..models import model_stats
 from . import analysis, page, plots
 from .model_parts import first_layer_filters
@@ -42,6 +42,7 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, device: str =
     run_dir = Path(run_dir)
     result = read_result(run_dir)
     records = read_records(run_dir)
+    bench = _read_bench(run_dir)
     dev = select_device(device)
     checkpoint = load_checkpoint(run_dir / "checkpoints" / result["checkpoint"], dev)
     config = checkpoint.config()
@@ -73,6 +74,7 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, device: str =
         embedding=_embedding(predictions, figures),
         calibration=figures.add("calibration", plots.reliability_diagram(cal), "reliability diagram"),
         bins=str(CALIBRATION_BINS),
+        cost=_cost(run_dir, bench, figures),
         run_table=_run_table(result, checkpoint, config, run_dir),
         config=escape(config_text),
     )
@@ -217,6 +219,53 @@ def _embedding(predictions: analysis.Predictions, figures: _Figures) -> str:
         f"neighbourhoods (distances between clusters mean little). t-SNE is cheap here because the sample is capped "
         f"at {analysis.TSNE_POINTS:,} points, which keeps it to seconds on a CPU.</p>"
     )
+
+
+BENCH_KEYS = {"label", "runtime", "precision", "params", "macs", "file_bytes", "latency_ms_p50", "latency_ms_p99",
+              "images_per_s", "speedup_throughput", "test_accuracy"}  # fmt: skip
+
+
+def _read_bench(run_dir: Path) -> dict | None:
+    """The run's bench.json (`cifarlab bench RUN ...`), checked before anything is written."""
+    path = run_dir / "bench.json"
+    if not path.is_file():
+        return None
+    table = read_json(path, "bench results")
+    rows = table.get("rows") if isinstance(table, dict) else None
+    if (not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and BENCH_KEYS <= r.keys() for r in rows)
+            or not {"threads", "calls", "batch", "hardware"} <= table.keys()):  # fmt: skip
+        raise CifarlabError(f"'{path}' is not a cifarlab bench.json; run `cifarlab bench` again")
+    return table
+
+
+def _cost(run_dir: Path, table: dict | None, figures: _Figures) -> str:
+    """The bench table and its trade-off plot, or how to make them."""
+    if table is None:
+        return page.note(f"No measurements yet: `cifarlab bench {run_dir} [its pruned, int8 or exported variants]` "
+                         f"times them side by side and this section shows the table.")  # fmt: skip
+    header = ["variant", "runtime", "params", "MMACs", "file MB", "latency p50 ms", "latency p99 ms", "images/s",
+              "× throughput", "test accuracy"]  # fmt: skip
+    plot = figures.add("bench", plots.compression_tradeoff(table["rows"]), "accuracy vs latency and throughput")
+    caption = (f"Measured by `cifarlab bench` on {table['hardware'].get('cpu', '?')}, {table['threads']} thread(s): "
+               f"latency over {table['calls']} single-image calls, throughput at batch {table['batch']}; "
+               f"× throughput against the first row.")  # fmt: skip
+    return page.table(header, [_cost_row(r) for r in table["rows"]], numeric_from=2) + plot + page.note(caption)
+
+
+def _cost_row(r: dict) -> list[str]:
+    key = f"bench/{r['label']}"
+    return [
+        page.cell(r["label"]),
+        page.cell(f"{r['runtime']} {r['precision']}"),
+        page.number(f"{key}/params", r["params"], f"{r['params']:,}"),
+        page.number(f"{key}/macs", r["macs"], f"{r['macs'] / 1e6:,.1f}"),
+        page.number(f"{key}/file_bytes", r["file_bytes"], f"{r['file_bytes'] / 1e6:.2f}"),
+        page.number(f"{key}/latency_ms_p50", r["latency_ms_p50"], f"{r['latency_ms_p50']:.2f}"),
+        page.number(f"{key}/latency_ms_p99", r["latency_ms_p99"], f"{r['latency_ms_p99']:.2f}"),
+        page.number(f"{key}/images_per_s", r["images_per_s"], f"{r['images_per_s']:,.0f}"),
+        page.number(f"{key}/speedup_throughput", r["speedup_throughput"], f"{r['speedup_throughput']:.2f}×"),
+        page.number(f"{key}/test_accuracy", r["test_accuracy"], f"{r['test_accuracy']:.2%}"),
+    ]
 
 
 def _run_table(result: dict, checkpoint: Checkpoint, config: Config, run_dir: Path) -> str:
