@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 import cifarlab
-from cifarlab.compress.bench import format_table, write_bench
+from cifarlab.compress.bench import format_table
+from cifarlab.run import bench
 
 NO_REPORT = ["train.report=false"]
 
@@ -84,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work or Path("benchmarks/work") / args.run.name
     paths = variants(args.run, work, args.macs_ratio, args.finetune_epochs)
-    table, _ = write_bench(list(paths.values()), work, args.threads, args.calls)
+    table, _ = bench(list(paths.values()), work, args.threads, args.calls)
     rows = dict(zip(paths, table["rows"]))
     report = {"run": str(args.run), "macs_ratio_target": args.macs_ratio, "finetune_epochs": args.finetune_epochs,
               "torch": torch.__version__, "goals": goals(rows), "bench": table}  # fmt: skip

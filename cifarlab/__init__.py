@@ -1,4 +1,4 @@
-"""cifarlab: develop, train, evaluate, fine-tune and prune CNNs on CIFAR-10/100.
+"""cifarlab: develop, train, evaluate, fine-tune and compress CNNs on CIFAR-10/100.
 
     import cifarlab
     config = cifarlab.resolve_config("tutorial")      # a named recipe; edit fields freely
@@ -9,6 +9,7 @@
     small = cifarlab.prune(run.dir, amount=0.5)              # fewer channels, fine-tuned: a Run too
     int8 = cifarlab.quantize(run.dir)                  # → runs/<run>-int8 (model.onnx), int8.test
     cifarlab.export_model(run.dir, "onnx")             # → <run>.onnx, checked on test images
+    table, _ = cifarlab.bench([run.dir, int8.dir])     # latency, throughput, size, accuracy side by side
 """
 
 __version__ = "0.1.0"
@@ -18,7 +19,7 @@ from .config import Config, QuantizeConfig, resolve as resolve_config  # noqa: E
 from .engine import Checkpoint, Run, classify_images, evaluate, load_checkpoint, load_model  # noqa: E402
 from .errors import CifarlabError  # noqa: E402
 from .models import create_model, list_models, model_stats  # noqa: E402
-from .run import finetune, prune, quantize, train  # noqa: E402
+from .run import bench, finetune, prune, quantize, train  # noqa: E402
 
 __all__ = [
     "Checkpoint",
@@ -26,6 +27,7 @@ __all__ = [
     "Config",
     "QuantizeConfig",
     "Run",
+    "bench",
     "classify_images",
     "create_model",
     "evaluate",

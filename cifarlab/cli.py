@@ -334,9 +334,10 @@ def _quantize(args) -> None:
 
 
 def _bench(args) -> None:
-    from .compress.bench import format_table, write_bench
+    from .compress.bench import format_table
+    from .run import bench
 
-    table, folder = write_bench(args.sources, args.out, args.threads, args.calls, args.batches, args.data_dir)
+    table, folder = bench(args.sources, args.out, args.threads, args.calls, args.batches, args.data_dir)
     print(format_table(table))
     print(f"written: {folder / 'bench.json'}, {folder / 'bench.png'}")
 

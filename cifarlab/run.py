@@ -30,6 +30,7 @@ from torch import nn
 
 from . import __version__
 from .compress import PruneTarget, describe, prune_model, pruned_config
+from .compress.bench import measure
 from .compress.export import save_onnx
 from .compress.prune import TAYLOR_BATCHES
 from .compress.quantize import quantize_int8, require_packages
@@ -437,3 +438,25 @@ def _write_report(run_dir: Path, device: str, verbose: bool) -> None:
         return
     if verbose:
         print(f"report: {path}")
+
+
+def bench(paths: list[str | Path], out: str | Path | None = None, threads: int | None = None, calls: int = 200,
+          batches: int = 2, data_dir: str | None = None) -> tuple[dict, Path]:  # fmt: skip
+    """Measure (compress/bench.py) and write OUT/bench.json and OUT/bench.png (accuracy vs
+    latency and throughput); OUT defaults to the first path when it is a folder, else the
+    current folder. `cifarlab report` shows a run folder's bench.json as its own section."""
+    from .viz import plots  # matplotlib loads only when a figure is drawn
+
+    if threads is not None:
+        if threads < 1:
+            raise CifarlabError(f"--threads must be at least 1 (got {threads})")
+        torch.set_num_threads(threads)  # before the ONNX Runtime sessions are made: they take this count
+    first = Path(paths[0])
+    folder = Path(out) if out is not None else first if first.is_dir() else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise CifarlabError(f"--out '{folder}' is a file; give a folder")
+    table = measure(paths, calls, batches, data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "bench.json", table)
+    plots.save_png(plots.compression_tradeoff(table["rows"]), folder / "bench.png")
+    return table, folder

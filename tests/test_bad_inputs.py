@@ -70,6 +70,16 @@ def checkpoint(tmp: Path, change_meta=lambda meta: meta, raw_meta: bytes | None 
     return folder
 
 
+def overflowing(folder: Path) -> Path:
+    """The checkpoint with every weight × 1e30: finite on disk (as a diverging run may save
+    it), NaN/inf once multiplied through the layers."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v * 1e30 if v.is_floating_point() else v for k, v in weights.items()}, folder / "model.safetensors")
+    return folder
+
+
 def fake_run(tmp: Path, name: str = "run", eval_text: str | None = None, metrics_text: str = "") -> Path:
     """A finished-looking run directory (what compare and report read before anything else)."""
     from cifarlab.config import load_recipe
@@ -204,6 +214,10 @@ CASES = {
                          "'mean' must be three numbers"),
     "meta-std-zero": (lambda t, r: ["predict", checkpoint(t, lambda m: {**m, "std": [0, 0, 0]}), "x.png"],
                       "'std' must be > 0"),
+    "weights-overflow-eval": (lambda t, r: ["eval", overflowing(checkpoint(t)), "--data-dir", r],
+                              "gives NaN/inf outputs for 200 of 200 images"),
+    "weights-overflow-predict": (lambda t, r: ["predict", overflowing(checkpoint(t)), image_folder(t) / "cat" / "0.png"],
+                                 "gives NaN/inf outputs for 1 of 1 images"),
     "meta-duplicate-classes": (lambda t, r: ["eval", checkpoint(t, lambda m: {**m, "classes": ["a", "a"]})],
                                "names a class twice"),
     "meta-no-config": (lambda t, r: ["eval", checkpoint(t, lambda m: {k: v for k, v in m.items() if k != "config"})],

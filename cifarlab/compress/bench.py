@@ -1,4 +1,4 @@
-"""`cifarlab bench RUN [RUN ...]`: what each variant of a net costs and what it scores, measured
+"""`cifarlab bench RUN [RUN ...]` (run.bench writes it): what each variant of a net costs and what it scores, measured
 side by side in one process with one thread count, so the rows compare.
 
 A variant is a run folder (its tested checkpoint, PyTorch), a `cifarlab quantize` folder
@@ -28,9 +28,8 @@ from ..engine.metrics import read_result
 from ..engine.onnx_model import OnnxModel
 from ..engine.runtime import hardware
 from ..errors import CifarlabError
-from ..fileio import read_json, write_json
+from ..fileio import read_json
 from ..models import create_model, model_stats
-from ..viz import plots
 from .sparsity import sparsity
 
 BATCH, ROUNDS, WARMUP = 256, 4, 5
@@ -46,7 +45,7 @@ class _Variant:
     one: torch.Tensor
 
 
-def bench(paths: list[str | Path], calls: int = 200, batches: int = 2, data_dir: str | None = None) -> dict:
+def measure(paths: list[str | Path], calls: int = 200, batches: int = 2, data_dir: str | None = None) -> dict:
     """The table as a dict: `rows` (one per variant, in order) and what it was measured on.
     Threads: torch's current count, which ONNX Runtime sessions take too (engine/onnx_model.py)."""
     if calls < 1 or batches < 1:
@@ -178,22 +177,3 @@ def format_table(table: dict) -> str:
                 f"Δ acc in points vs the first row")  # fmt: skip
     return "\n".join(text)
 
-
-def write_bench(paths: list[str | Path], out: str | Path | None = None, threads: int | None = None, calls: int = 200,
-                batches: int = 2, data_dir: str | None = None) -> tuple[dict, Path]:  # fmt: skip
-    """Measure (`bench`) and write OUT/bench.json and OUT/bench.png (accuracy vs latency and
-    throughput); OUT defaults to the first path when it is a folder, else the current folder.
-    `cifarlab report` shows a run folder's bench.json as its own section."""
-    if threads is not None:
-        if threads < 1:
-            raise CifarlabError(f"--threads must be at least 1 (got {threads})")
-        torch.set_num_threads(threads)  # before the ONNX Runtime sessions are made: they take this count
-    first = Path(paths[0])
-    folder = Path(out) if out is not None else first if first.is_dir() else Path(".")
-    if folder.exists() and not folder.is_dir():
-        raise CifarlabError(f"--out '{folder}' is a file; give a folder")
-    table = bench(paths, calls, batches, data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "bench.json", table)
-    plots.save_png(plots.compression_tradeoff(table["rows"]), folder / "bench.png")
-    return table, folder

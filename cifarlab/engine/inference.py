@@ -10,7 +10,7 @@ from ..config import Config, choices
 from ..data import DeviceLoader, ImageSet, make_splits, read_image
 from ..errors import CifarlabError
 from .checkpoint import Checkpoint, load_checkpoint
-from .metrics import metrics_from_logits, predict
+from .metrics import finite, metrics_from_logits, predict
 from .runtime import autocast, select_device
 
 
@@ -35,6 +35,7 @@ def evaluate(
         raise CifarlabError("this run was trained with data.val_size=0: it has no validation split")
     loader = checkpoint_loader(checkpoint, config, data, dev)
     logits, labels = predict(checkpoint.model, loader, tta, autocast(dev, config.train.precision))
+    finite(logits, source)
     return {
         "split": split,
         "checkpoint": str(checkpoint.path),
@@ -62,7 +63,7 @@ def classify_images(source: str | Path, paths: list[str | Path], top_k: int = 5,
     data = ImageSet(images, torch.zeros(len(images), dtype=torch.long), checkpoint.classes)
     loader = DeviceLoader(data, 256, checkpoint.mean, checkpoint.std, device=dev, channels_last=False)
     logits, _ = predict(checkpoint.model, loader)
-    probabilities = logits.softmax(1)
+    probabilities = finite(logits, source).softmax(1)
     k = min(top_k, len(checkpoint.classes))
     top = probabilities.topk(k, dim=1)
     return [

@@ -48,6 +48,16 @@ def predict(model: nn.Module, loader: DeviceLoader, tta: str = "none", autocast=
     return torch.cat(outputs), torch.cat(labels)
 
 
+def finite(logits: torch.Tensor, source) -> torch.Tensor:
+    """The logits, or one error: weights that overflow (a diverged run saved while still
+    finite) give NaN/inf outputs, whose accuracy and probabilities would mean nothing."""
+    bad = int((~logits.isfinite().all(1)).sum())
+    if bad:
+        raise CifarlabError(f"the model of '{source}' gives NaN/inf outputs for {bad} of {len(logits)} images "
+                            f"(its weights overflow); retrain it with a lower learning rate (--lr)")  # fmt: skip
+    return logits
+
+
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
     """Accuracy, loss, top-5, per-class precision/recall(=class accuracy)/F1, confusion matrix
     (rows: true class, columns: predicted class)."""
