@@ -2,7 +2,7 @@
 by side by `cifarlab bench`. Prints JSON.
 
     python benchmarks/compression.py RUN [--work DIR] [--macs-ratio 0.5] [--finetune-epochs 3]
-                                         [--threads T] [--results FILE.json]
+                                         [--threads T] [--results FILE.json] [--make-only]
 
 Variants (in --work, default benchmarks/work/<run>; one already there is reused, so a rerun
 only re-times):
@@ -82,9 +82,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for the timings (default: torch's)")
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--results", help="also write the JSON here")
+    parser.add_argument("--make-only", action="store_true", help="make the variants, time nothing (the timing wants "
+                                                                 "the machine alone; making them does not)")  # fmt: skip
     args = parser.parse_args()
     work = args.work or Path("benchmarks/work") / args.run.name
     paths = variants(args.run, work, args.macs_ratio, args.finetune_epochs)
+    if args.make_only:
+        return
     table, _ = bench(list(paths.values()), work, args.threads, args.calls)
     rows = dict(zip(paths, table["rows"]))
     report = {"run": str(args.run), "macs_ratio_target": args.macs_ratio, "finetune_epochs": args.finetune_epochs,
