@@ -4,6 +4,7 @@
     config = cifarlab.resolve_config("tutorial")      # a named recipe; edit fields freely
     run = cifarlab.train(config)                      # → run.dir, run.test["accuracy"]
     metrics = cifarlab.evaluate(run.dir, split="test", tta="flip")
+    cifarlab.calibrate(run.dir)                        # a temperature fitted on held-out images
     model = cifarlab.load_model(run.dir)
     tuned = cifarlab.finetune(run.dir, "cifar100", "full")   # → the same kind of Run
     small = cifarlab.prune(run.dir, amount=0.5)              # fewer channels, fine-tuned: a Run too
@@ -19,7 +20,7 @@ from .config import Config, QuantizeConfig, resolve as resolve_config  # noqa: E
 from .engine import Checkpoint, Run, classify_images, evaluate, load_checkpoint, load_model  # noqa: E402
 from .errors import CifarlabError  # noqa: E402
 from .models import create_model, list_models, model_stats  # noqa: E402
-from .run import bench, finetune, prune, quantize, train  # noqa: E402
+from .run import bench, calibrate, finetune, prune, quantize, train  # noqa: E402
 
 __all__ = [
     "Checkpoint",
@@ -28,6 +29,7 @@ __all__ = [
     "QuantizeConfig",
     "Run",
     "bench",
+    "calibrate",
     "classify_images",
     "create_model",
     "evaluate",

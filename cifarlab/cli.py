@@ -115,12 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.add_argument("--raw", action="store_true", help="leave out the fitted temperature (raw probabilities only)")
 
     predict = commands.add_parser("predict", help="classify image files (any size; resized to 32×32)")
     predict.add_argument("source", metavar="CHECKPOINT")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--raw", action="store_true", help="raw softmax probabilities, without the fitted temperature")
+
+    calibrate = commands.add_parser("calibrate", help="fit a temperature on held-out images so probabilities mean "
+                                                      "what they say (eval, predict and report use it)")  # fmt: skip
+    calibrate.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
+    calibrate.add_argument("--split", choices=["calib", "val"],
+                           help="held-out images to fit on (default: the calibration hold-out, else validation)")
+    calibrate.add_argument("--limit", type=int, metavar="N", help="a stratified subset of N of them (default: all)")
+    calibrate.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
+    calibrate.add_argument("--device", default="auto")
 
     export = commands.add_parser("export", help="write a model as ONNX or a torch.export program (checked on test images)")
     export.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
@@ -295,7 +306,8 @@ def _eval(args) -> None:
     from .engine import evaluate
     from .engine.metrics import format_report
 
-    metrics = evaluate(args.source, split=args.split, tta=args.tta, data_dir=args.data_dir, device=args.device)
+    metrics = evaluate(args.source, split=args.split, tta=args.tta, data_dir=args.data_dir, device=args.device,
+                       raw=args.raw)  # fmt: skip
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -308,8 +320,14 @@ def _predict(args) -> None:
 
     if args.top_k < 1:
         raise CifarlabError("--top-k must be at least 1")
-    for path, top in zip(args.images, classify_images(args.source, args.images, args.top_k, args.device)):
+    for path, top in zip(args.images, classify_images(args.source, args.images, args.top_k, args.device, args.raw)):
         print(f"{path}: " + ", ".join(f"{name} {p:.1%}" for name, p in top))
+
+
+def _calibrate(args) -> None:
+    from .run import calibrate
+
+    calibrate(args.source, args.split, args.limit, args.data_dir, args.device)
 
 
 def _export(args) -> None:
@@ -374,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             _eval(args)
         elif args.command == "predict":
             _predict(args)
+        elif args.command == "calibrate":
+            _calibrate(args)
         elif args.command == "export":
             _export(args)
         elif args.command == "quantize":

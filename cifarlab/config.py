@@ -42,6 +42,7 @@ class DataConfig:
     dataset: str = "cifar10"  # cifar10 | cifar100 | cifar100-coarse; a class subset: cifar10:cat,dog; folder:PATH (own images)
     data_dir: str | None = None  # None: $CIFARLAB_DATA, ./data, ~/.cache/cifarlab, else download
     val_size: int | None = None  # held out of train for model selection; None = 10% (5,000 for CIFAR-10)
+    calib_size: int = 0  # held out of train only to fit the temperature of calibrated probabilities; 0 = none
     train_subset: int | None = None  # train on a stratified subset of this many images
     labels_per_class: int | None = None  # train on this many images per class (few labels); same seed as the subset
     image_size: int = 32  # folder: images are resized to this side (CIFAR is 32×32)
@@ -130,6 +131,7 @@ class TrainConfig:
     out: str | None = None  # run directory; None = runs/<recipe>
     tensorboard: bool = False  # log scalars and a few images live to <out>/tensorboard (`tensorboard --logdir runs`)
     report: bool = True  # write <out>/report.html after the final test (`cifarlab report` writes it later)
+    calibrate: bool = True  # before the final test, fit a temperature on data.calib_size's images, else on val (if any)
 
 
 @dataclass
@@ -189,9 +191,9 @@ class QuantizeConfig:
 
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar100-coarse")
 _NON_NEGATIVE = (
-    "data.val_size", "augment.translate", "augment.cutout", "augment.mixup_alpha", "augment.cutmix_alpha", "optim.lr",
-    "optim.momentum", "optim.weight_decay", "optim.warmup_epochs", "optim.gamma", "optim.final_lr_factor",
-    "optim.grad_clip", "train.threads", "train.checkpoint_every", "train.checkpoint_epochs",
+    "data.val_size", "data.calib_size", "augment.translate", "augment.cutout", "augment.mixup_alpha",
+    "augment.cutmix_alpha", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.warmup_epochs", "optim.gamma",
+    "optim.final_lr_factor", "optim.grad_clip", "train.threads", "train.checkpoint_every", "train.checkpoint_epochs",
     "optim.lookahead_every", "optim.lookahead_start_epoch", "finetune.unfreeze_every",
 )  # fmt: skip
 _POSITIVE = ("data.train_subset", "data.labels_per_class", "data.image_size", "train.epochs", "train.batch_size",

@@ -37,12 +37,13 @@ from .compress.quantize import quantize_int8, require_packages
 from .config import Config, QuantizeConfig, from_dict, read_yaml, resolve, validate
 from .data import DeviceLoader, Splits, make_splits, stratified_indices
 from .engine import distributed
-from .engine.checkpoint import load_checkpoint, save_checkpoint
+from .engine.calibration import describe_fit, fit_record
+from .engine.checkpoint import load_checkpoint, save_calibration, save_checkpoint
 from .engine.inference import checkpoint_loader
-from .engine.metrics import metrics_from_logits, predict, read_result
+from .engine.metrics import finite, metrics_from_logits, predict, read_result
 from .engine.metrics_log import read_metrics
 from .engine.onnx_model import OnnxModel
-from .engine.runtime import configure, hardware, seed_everything
+from .engine.runtime import autocast, configure, hardware, seed_everything, select_device
 from .engine.trainer import Loaders, Run, Trainer
 from .errors import CifarlabError
 from .fileio import atomic_path, write_json, write_text
@@ -51,7 +52,7 @@ from .transfer import Source, finetune_config, open_source, pretrained_model, wi
 
 # Settings a resumed run may change: they do not change the result.
 _RESUME_FREE_KEYS = {("data", "data_dir"), ("train", "out"), ("train", "tensorboard"), ("train", "report"),
-                     ("train", "checkpoint_epochs")}  # fmt: skip
+                     ("train", "checkpoint_epochs"), ("train", "calibrate")}  # fmt: skip
 
 
 def train(config: Config | str, resume: bool = False, verbose: bool = True, callbacks=(),
@@ -223,6 +224,46 @@ def quantize(source: str | Path, settings: QuantizeConfig | None = None, data_di
                 path.unlink()
         raise
     return Run(folder, config, result, None)
+
+
+def calibrate(source: str | Path, split: str | None = None, limit: int | None = None, data_dir: str | None = None,
+              device: str = "auto", verbose: bool = True) -> dict:  # fmt: skip
+    """Fit the temperature of a run's (best) checkpoint, or a checkpoint folder, on held-out
+    images and write it beside the weights (calibration.json), where eval, predict and report
+    find it; returns what was written.
+
+    `split`: 'calib' (the run's data.calib_size hold-out) or 'val'; None: the hold-out, else
+    validation. Never the test set, and never training images (the model has fitted those, so
+    its confidence there says nothing about new images). `limit`: a stratified subset of that
+    many of them (with the run's seed)."""
+    dev = select_device(device)
+    checkpoint = load_checkpoint(source, dev, calibration=False)
+    if not checkpoint.path.is_dir():
+        raise CifarlabError(f"'{source}' is an exported file; calibrate the run or checkpoint folder it came from")
+    config = checkpoint.config(data_dir)
+    splits = make_splits(config.data)
+    held_out = {"calib": splits.calib, "val": splits.val}
+    if split is not None and split not in held_out:
+        raise CifarlabError(f"cannot calibrate on '{split}': choose 'calib' or 'val' (held-out images; fitting on the "
+                            f"test set would make its figures dishonest)")  # fmt: skip
+    name, data = (split, held_out[split]) if split else (splits.calibration_split() or (None, None))
+    if data is None:
+        raise CifarlabError(
+            f"the run of '{checkpoint.path}' has no held-out {split or 'calibration or validation'} images (it trained "
+            f"with data.val_size=0 and data.calib_size=0); retrain with --set data.calib_size=1000 (or a validation "
+            f"split): fitting on the test set would make its test figures dishonest, and on training images, wrong"
+        )
+    if limit is not None:
+        if not 1 <= limit <= len(data):
+            raise CifarlabError(f"--limit={limit} is outside 1..{len(data)}, the run's {name} images")
+        data = data.subset(stratified_indices(data.labels, limit, config.train.seed)[1])
+    loader = checkpoint_loader(checkpoint, config, data, dev)
+    logits, labels = predict(checkpoint.model, loader, config.train.tta, autocast(dev, config.train.precision))
+    record = fit_record(finite(logits, source), labels, name, config.train.tta)
+    save_calibration(checkpoint.path, record)
+    if verbose:
+        print(f"{checkpoint.path}: {describe_fit(record)}")
+    return record
 
 
 def _run_name(checkpoint: Path) -> str:
@@ -412,14 +453,16 @@ def _loaders(config: Config, splits: Splits, device: torch.device) -> Loaders:
                          rank=distributed.rank(), world_size=world, **common)  # fmt: skip
     val = DeviceLoader(distributed.shard(splits.val), c.eval_batch_size, **common) if splits.val else None
     test = DeviceLoader(distributed.shard(splits.test), c.eval_batch_size, **common)
-    return Loaders(train, val, test)
+    held_out = splits.calibration_split() if c.calibrate else None
+    calib = DeviceLoader(distributed.shard(held_out[1]), c.eval_batch_size, **common) if held_out else None
+    return Loaders(train, val, test, calib)
 
 
 def _data_fingerprint(splits: Splits) -> str:
     """What resuming checks the data against: a hash of every image and label of the splits
     (a fraction of a second for CIFAR), so moved data passes and changed data is refused."""
     digest = hashlib.blake2b(digest_size=16)
-    for data in (splits.train, splits.val, splits.test):
+    for data in (splits.train, splits.val, splits.test, splits.calib):
         if data is not None:
             digest.update(data.images.contiguous().numpy().tobytes())
             digest.update(data.labels.numpy().tobytes())

@@ -52,23 +52,31 @@ def _pick_per_class(labels: torch.Tensor, quota: torch.Tensor, seed: int) -> tup
 
 @dataclass
 class Splits:
-    """Train / validation / test sets and the normalization the model is trained with."""
+    """Train / validation / test sets, the calibration hold-out, and the normalization the
+    model is trained with."""
 
     train: ImageSet
     val: ImageSet | None  # None when val_size is 0
     test: ImageSet
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    calib: ImageSet | None = None  # None when calib_size is 0
 
     @property
     def classes(self) -> list[str]:
         return self.test.classes
 
+    def calibration_split(self) -> tuple[str, ImageSet] | None:
+        """Where a temperature is fitted by default: the calibration hold-out, which nothing
+        else has seen, else the validation split (Guo et al.'s choice); never the test set."""
+        named = [(name, data) for name, data in (("calib", self.calib), ("val", self.val)) if data is not None]
+        return named[0] if named else None
+
 
 def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
     """Load a dataset and carve what it lacks out of its training images: the test split (an
-    image folder without test/: 10%), the validation split (`val_size`), then the optional
-    training subset or few-labels subset.
+    image folder without test/: 10%), the validation split (`val_size`), the calibration
+    hold-out (`calib_size`), then the optional training subset or few-labels subset.
 
     Every carving uses `cfg.split_seed`, not the training seed, so every run of a comparison
     sees the same images in each split; a given test set is untouched. Normalization: the
@@ -93,6 +101,12 @@ def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
         train, val = _carve(full, val_size, cfg.split_seed, "validation") if val_size else (full, None)
     else:
         train = full
+    calib = None
+    if cfg.calib_size:
+        if cfg.calib_size >= len(train):
+            raise CifarlabError(f"data.calib_size={cfg.calib_size} leaves no training images (there are {len(train)} "
+                                f"after the validation split)")  # fmt: skip
+        train, calib = _carve(train, cfg.calib_size, cfg.split_seed + 3, "calibration")
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train):
             raise CifarlabError(f"train subset {cfg.train_subset} is larger than the {len(train)} training images")
@@ -103,7 +117,7 @@ def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
     mean, std = published or channel_stats(train.images)
     mean = tuple(cfg.mean) if cfg.mean is not None else mean
     std = tuple(cfg.std) if cfg.std is not None else std
-    return Splits(train, val, test, mean, std)
+    return Splits(train, val, test, mean, std, calib)
 
 
 def _few_labels(train: ImageSet, per_class: int, seed: int) -> ImageSet:

@@ -10,6 +10,10 @@ A folder may hold `model.onnx` instead of `model.safetensors` (`cifarlab quantiz
 such folders), and an exported `.onnx` file carries its meta.json inside; both load as an
 OnnxModel (engine/onnx_model.py). A `.pt2` program is refused: torch.export.load unpickles
 parts of the archive and falls back to `weights_only=False` when the safe load fails.
+
+A folder may also hold `calibration.json`: the temperature fitted on held-out images for
+these weights (engine/calibration.py). It sits beside the weights it belongs to, so new
+weights written over a checkpoint (a new folder swapped in) never inherit a stale one.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from torch import nn
 
 from ..config import Config, from_dict
 from ..errors import CifarlabError, first_line
-from ..fileio import disk_full_as_os_error, fsync, read_json
+from ..fileio import disk_full_as_os_error, fsync, read_json, write_json
 from ..models import create_model
 from .onnx_model import OnnxModel
 
 FORMAT = "cifarlab-checkpoint-v1"
+CALIBRATION_FILE = "calibration.json"
 
 
 def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], meta: dict, state: dict | None = None) -> None:
@@ -117,6 +122,25 @@ def _meta_problem(meta) -> str | None:
         if not isinstance(meta.get(key, {}), dict):
             return f"'{key}' must be an object"
     return None
+
+
+def read_calibration(folder: Path) -> dict | None:
+    """The folder's calibration.json (None when it has none), checked before its temperature is used."""
+    path = folder / CALIBRATION_FILE
+    if not path.exists():
+        return None
+    record = read_json(path, "calibration file")
+    temperature = record.get("temperature") if isinstance(record, dict) else None
+    if not (_is_finite_number(temperature) and temperature > 0):
+        raise CifarlabError(
+            f"'{path}' is not a valid calibration file: its temperature must be a finite number > 0 (got "
+            f"{temperature!r}); delete it (raw probabilities) or fit it again with `cifarlab calibrate`"
+        )
+    return record
+
+
+def save_calibration(folder: Path, record: dict) -> None:
+    write_json(folder / CALIBRATION_FILE, record)
 
 
 def _is_finite_number(value) -> bool:
@@ -202,6 +226,12 @@ class Checkpoint:
     std: tuple[float, ...]
     meta: dict
     path: Path  # the checkpoint folder, or the exported .onnx file
+    calibration: dict | None = None  # its calibration.json: the fitted temperature and where it was fitted
+
+    @property
+    def temperature(self) -> float | None:
+        """What the logits are divided by for calibrated probabilities; None when none was fitted."""
+        return self.calibration["temperature"] if self.calibration else None
 
     def config(self, data_dir: str | None = None) -> Config:
         """The run's saved config (evaluation rebuilds its data from it); `data_dir`: where
@@ -214,9 +244,10 @@ class Checkpoint:
         return config
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", calibration: bool = True) -> Checkpoint:
     """A run's best (else last) checkpoint, a checkpoint folder, or an ONNX model (see the
-    module docstring), ready for inference."""
+    module docstring), ready for inference. `calibration=False` leaves out calibration.json
+    (for `cifarlab calibrate`, which replaces it, even when it is damaged)."""
     path = Path(path)
     if path.suffix == ".pt2" and path.is_file():
         raise CifarlabError(
@@ -236,7 +267,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
                                  **meta.get("model_options", {}))  # fmt: skip
             load_weights_into(model, read_weights(path / "model.safetensors"), str(path))
     model.to(device).eval()
-    return Checkpoint(model, meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), meta, path)
+    fitted = read_calibration(path) if calibration and path.is_dir() else None
+    return Checkpoint(model, meta["classes"], tuple(meta["mean"]), tuple(meta["std"]), meta, path, fitted)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:

@@ -9,18 +9,21 @@ import torch
 from ..config import Config, choices
 from ..data import DeviceLoader, ImageSet, make_splits, read_image
 from ..errors import CifarlabError
+from .calibration import probabilities as calibrated
 from .checkpoint import Checkpoint, load_checkpoint
 from .metrics import finite, metrics_from_logits, predict
 from .runtime import autocast, select_device
 
 
 def evaluate(
-    source: str | Path, split: str = "test", tta: str = "none", data_dir: str | None = None, device: str = "auto"
+    source: str | Path, split: str = "test", tta: str = "none", data_dir: str | None = None, device: str = "auto",
+    raw: bool = False,
 ) -> dict:
     """Metrics of a run's (best) checkpoint, or any checkpoint, on its dataset's val or test split.
 
     The split is rebuilt from the run's saved data settings, so 'val' is the same held-out
-    set the run selected its checkpoint on.
+    set the run selected its checkpoint on. The calibration figures cover the raw
+    probabilities and, unless `raw`, those with the checkpoint's fitted temperature.
     """
     if split not in ("val", "test"):
         raise CifarlabError(f"unknown split '{split}'; choose 'val' or 'test'")
@@ -40,7 +43,7 @@ def evaluate(
         "split": split,
         "checkpoint": str(checkpoint.path),
         "tta": tta,
-        **metrics_from_logits(logits, labels, checkpoint.classes),
+        **metrics_from_logits(logits, labels, checkpoint.classes, None if raw else checkpoint.temperature),
     }
 
 
@@ -53,9 +56,11 @@ def checkpoint_loader(checkpoint: Checkpoint, config: Config, data: ImageSet, de
                         channels_last=channels_last)  # fmt: skip
 
 
-def classify_images(source: str | Path, paths: list[str | Path], top_k: int = 5, device: str = "auto") -> list[list[tuple[str, float]]]:
+def classify_images(source: str | Path, paths: list[str | Path], top_k: int = 5, device: str = "auto",
+                    raw: bool = False) -> list[list[tuple[str, float]]]:  # fmt: skip
     """Top-k (class, probability) for each image file, read as the checkpoint's training images
-    were (size, normalization)."""
+    were (size, normalization); the probabilities are calibrated when the checkpoint has a
+    fitted temperature, unless `raw`."""
     dev = select_device(device)
     checkpoint = load_checkpoint(source, dev)
     size = checkpoint.config().data.image_size
@@ -63,7 +68,7 @@ def classify_images(source: str | Path, paths: list[str | Path], top_k: int = 5,
     data = ImageSet(images, torch.zeros(len(images), dtype=torch.long), checkpoint.classes)
     loader = DeviceLoader(data, 256, checkpoint.mean, checkpoint.std, device=dev, channels_last=False)
     logits, _ = predict(checkpoint.model, loader)
-    probabilities = finite(logits, source).softmax(1)
+    probabilities = calibrated(finite(logits, source), None if raw else checkpoint.temperature).float()
     k = min(top_k, len(checkpoint.classes))
     top = probabilities.topk(k, dim=1)
     return [

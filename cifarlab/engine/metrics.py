@@ -1,5 +1,6 @@
 """A model's metrics on a split: logits with optional test-time augmentation, then accuracy,
-loss, per-class precision/recall/F1 and the confusion matrix, and their text summary.
+loss, per-class precision/recall/F1, the confusion matrix and how well the probabilities are
+calibrated (engine/calibration.py), and their text summary.
 (metrics_log.py is something else: the metrics.jsonl file a run appends to.)"""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 from ..data import DeviceLoader
 from ..errors import CifarlabError
 from ..fileio import read_json
+from .calibration import calibration_metrics
 
 def _flip_average(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (model(x) + model(x.flip(-1)))
@@ -58,9 +60,11 @@ def finite(logits: torch.Tensor, source) -> torch.Tensor:
     return logits
 
 
-def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                        temperature: float | None = None) -> dict:  # fmt: skip
     """Accuracy, loss, top-5, per-class precision/recall(=class accuracy)/F1, confusion matrix
-    (rows: true class, columns: predicted class)."""
+    (rows: true class, columns: predicted class), and the calibration of the probabilities:
+    raw, and with a fitted `temperature` also calibrated (which changes none of the rest)."""
     k = len(classes)
     predictions = logits.argmax(1)
     confusion = torch.bincount(labels * k + predictions, minlength=k * k).view(k, k)
@@ -86,6 +90,7 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: lis
             for i, name in enumerate(classes)
         },
         "confusion_matrix": confusion.tolist(),
+        "calibration": calibration_metrics(logits, labels, temperature),
     }
     if k > 5:
         top5 = logits.topk(5, dim=1).indices
@@ -99,6 +104,7 @@ def format_report(metrics: dict, classes: list[str]) -> str:
     lines = [
         f"accuracy {metrics['accuracy']:.2%}  loss {metrics['loss']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
         + (f"  top-5 {metrics['top5_accuracy']:.2%}" if "top5_accuracy" in metrics else ""),
+        *([_calibration_line(metrics["calibration"])] if "calibration" in metrics else []),
         "",
         f"{'class':>14} {'acc':>7} {'prec':>7} {'recall':>7} {'f1':>7} {'n':>6}",
     ]
@@ -113,6 +119,17 @@ def format_report(metrics: dict, classes: list[str]) -> str:
         for name, row in zip(classes, metrics["confusion_matrix"]):
             lines.append(f"{name[:13]:>13} " + "".join(f"{v:6d}" for v in row))
     return "\n".join(lines)
+
+
+def _calibration_line(block: dict) -> str:
+    def figures(scores: dict) -> str:
+        return f"ECE {scores['ece']:.2%}  classwise ECE {scores['classwise_ece']:.2%}  NLL {scores['nll']:.4f}  " \
+               f"Brier {scores['brier']:.4f}"  # fmt: skip
+
+    if "calibrated" not in block:
+        return f"probabilities (raw, no temperature): {figures(block['raw'])}  [{block['bins']} bins]"
+    return (f"probabilities calibrated (T={block['temperature']:.4f}): {figures(block['calibrated'])}  "
+            f"[raw: {figures(block['raw'])}; {block['bins']} bins]")  # fmt: skip
 
 
 def read_result(run_dir: str | Path) -> dict:

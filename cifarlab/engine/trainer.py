@@ -27,7 +27,9 @@ from ..data import DeviceLoader, Splits
 from ..errors import CifarlabError
 from ..fileio import write_json
 from . import distributed
-from .checkpoint import load_weights_into, read_state, read_weights, recover_checkpoint, save_checkpoint
+from .calibration import describe_fit, fit_record
+from .checkpoint import (load_weights_into, read_state, read_weights, recover_checkpoint, save_calibration,
+                         save_checkpoint)  # fmt: skip
 from .metrics import format_report, metrics_from_logits, predict
 from .metrics_log import MetricsLog
 from .lookahead import Lookahead
@@ -40,6 +42,7 @@ class Loaders:
     train: DeviceLoader  # this process's slice of every global batch
     val: DeviceLoader | None  # this process's shard of the split (None: no validation split)
     test: DeviceLoader
+    calib: DeviceLoader | None = None  # held-out images to fit the temperature on (Splits.calibration_split)
 
 
 @dataclass
@@ -104,6 +107,7 @@ class Trainer:
         if c.train.sync_bn:
             self.model = distributed.convert_sync_batchnorm(self.model, device)
         self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
+        self.calib_loader = loaders.calib
 
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = c.train.epochs * self.steps_per_epoch
@@ -415,6 +419,21 @@ class Trainer:
             torch.set_num_threads(threads)
 
     # ------------------------------------------------------------ final test
+    def calibrate(self, folder: Path) -> float | None:
+        """Fit the temperature of the chosen checkpoint (in the eval model) on the held-out
+        images, with the run's TTA, and keep it beside its weights; None when the run holds no
+        images out (train.calibrate off, or neither a calibration hold-out nor a validation split)."""
+        if self.calib_loader is None:
+            return None
+        name, data = self.splits.calibration_split()
+        logits, labels = self.predict_split(self.calib_loader, len(data), self.config.train.tta)
+        record = fit_record(logits, labels, name, self.config.train.tta)
+        if distributed.is_writer():
+            save_calibration(folder, record)
+        if self.verbose:
+            print(describe_fit(record))
+        return record["temperature"]
+
     def finish(self) -> Run:
         """Evaluate the test set once, with the model chosen on validation accuracy."""
         c = self.config.train
@@ -424,19 +443,20 @@ class Trainer:
             load_weights_into(self.eval_model, read_weights(best / "model.safetensors"), str(best))
         start = time.perf_counter()
         logits, labels = self.predict_split(self.test_loader, len(self.splits.test), c.tta)
+        eval_seconds = time.perf_counter() - start
         if not bool(logits.isfinite().all()):
             raise CifarlabError(
                 f"the {chosen} checkpoint gives NaN/inf outputs on the test set (its weights overflow); no eval.json "
                 f"was written. Train again with a lower learning rate (--lr) or gradient clipping"
             )
-        metrics = metrics_from_logits(logits, labels, self.splits.classes)
+        metrics = metrics_from_logits(logits, labels, self.splits.classes, self.calibrate(self.checkpoints / chosen))
         result = {
             "split": "test",
             "checkpoint": chosen,
             "tta": c.tta,
             "val_accuracy": self.best_val_accuracy,
             "train_seconds": self.elapsed,
-            "eval_seconds": time.perf_counter() - start,
+            "eval_seconds": eval_seconds,
             "device": str(self.device),
             "hardware": hardware(self.device),
             "processes": distributed.world_size(),

@@ -1,5 +1,5 @@
 """The numbers behind the report's pictures: a run's test predictions recomputed from its
-checkpoint (logits with the run's TTA, penultimate features), calibration, confused pairs,
+checkpoint (logits with the run's TTA, penultimate features), confused pairs,
 the examples to show, and 2-D embeddings of the features."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..data import DeviceLoader, load_split, stratified_indices
+from ..engine.calibration import probabilities
 from ..engine.checkpoint import Checkpoint
 from ..engine.metrics import predict
 from ..engine.inference import checkpoint_loader
@@ -27,10 +28,12 @@ class Predictions:
     features: torch.Tensor | None  # what the classifier layer reads (one view); None without an nn.Linear head
     classes: list[str]
     loader: DeviceLoader  # feeds images to the model as its run's test did
+    temperature: float | None = None  # the checkpoint's fitted temperature (None: raw probabilities)
 
     @property
     def probabilities(self) -> torch.Tensor:
-        return self.logits.softmax(1)
+        """What the model's users see: calibrated when a temperature was fitted."""
+        return probabilities(self.logits, self.temperature).float()
 
     @property
     def losses(self) -> torch.Tensor:
@@ -57,30 +60,8 @@ def predict_test_split(checkpoint: Checkpoint, config: Config, device: torch.dev
             hook.remove()
     if tta != "none":
         logits, _ = predict(model, loader, tta, precision)
-    return Predictions(data.images, labels, logits, torch.cat(features) if features else None, data.classes, loader)
-
-
-@dataclass
-class Calibration:
-    edges: np.ndarray  # bin edges over confidence, bins + 1 values
-    confidence: np.ndarray  # mean confidence per bin (nan where empty)
-    accuracy: np.ndarray  # accuracy per bin (nan where empty)
-    counts: np.ndarray
-    ece: float  # expected calibration error: sum over bins of (share of images) × |accuracy − confidence|
-
-
-def calibration(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> Calibration:
-    """Equal-width confidence bins, as in Guo et al. 2017 ("On Calibration of Modern Neural Networks")."""
-    confidence, predicted = probabilities.max(1)
-    correct = (predicted == labels).double()
-    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
-    index = torch.bucketize(confidence.double(), edges[1:-1], right=True)  # bin i holds (edge i, edge i+1]
-    counts = torch.bincount(index, minlength=bins).double()
-    mean_confidence = torch.bincount(index, confidence.double(), bins) / counts
-    accuracy = torch.bincount(index, correct, bins) / counts
-    filled = counts > 0
-    ece = (counts[filled] / len(labels) * (accuracy[filled] - mean_confidence[filled]).abs()).sum().item()
-    return Calibration(edges.numpy(), mean_confidence.numpy(), accuracy.numpy(), counts.long().numpy(), ece)
+    return Predictions(data.images, labels, logits, torch.cat(features) if features else None, data.classes, loader,
+                       checkpoint.temperature)  # fmt: skip
 
 
 def most_confused_pairs(confusion: list[list[int]], classes: list[str], top: int = 10) -> list[dict]:

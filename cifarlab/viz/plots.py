@@ -18,7 +18,7 @@ from torchvision.utils import make_grid
 
 from ..data.statistics import SplitStatistics
 from ..fileio import atomic_path
-from .analysis import Calibration
+from ..engine.calibration import Reliability
 
 DPI = 100
 
@@ -175,24 +175,29 @@ def embedding_scatter(points: dict[str, np.ndarray], labels: torch.Tensor, class
     return figure
 
 
-def reliability_diagram(cal: Calibration) -> Figure:
+def reliability_diagram(raw: Reliability, calibrated: Reliability | None = None, temperature: float | None = None) -> Figure:
     """Accuracy against confidence per bin (a calibrated model's bars reach its red marks, on
-    the diagonal), and how many images fall in each bin."""
-    figure = Figure(figsize=(11, 4.5), layout="constrained")
-    diagram, histogram = figure.subplots(1, 2)
-    centers = (cal.edges[:-1] + cal.edges[1:]) / 2
-    width = np.diff(cal.edges)
-    filled = cal.counts > 0
-    diagram.bar(centers[filled], cal.accuracy[filled], width[filled], color="C0", edgecolor="white", label="accuracy")
-    diagram.hlines(cal.confidence[filled], cal.edges[:-1][filled], cal.edges[1:][filled], color="C3", lw=2,
-                   label="mean confidence")  # fmt: skip
-    diagram.plot([0, 1], [0, 1], color="black", ls="--", lw=1, label="perfect calibration")
-    diagram.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy",
-                title=f"reliability diagram: ECE {cal.ece:.2%}")  # fmt: skip
-    diagram.legend(loc="upper left", fontsize=8)
-    histogram.bar(centers, cal.counts / cal.counts.sum(), width, color="C0", edgecolor="white")
+    the diagonal), raw and, with a fitted temperature, calibrated; and how many images fall in
+    each bin."""
+    panels = [("raw probabilities", raw)] + ([(f"calibrated (T = {temperature:.3f})", calibrated)] if calibrated else [])
+    figure = Figure(figsize=(5.5 * (len(panels) + 1), 4.5), layout="constrained")
+    *diagrams, histogram = figure.subplots(1, len(panels) + 1)
+    for diagram, (name, cal) in zip(diagrams, panels):
+        centers, width, filled = (cal.edges[:-1] + cal.edges[1:]) / 2, np.diff(cal.edges), cal.counts > 0
+        diagram.bar(centers[filled], cal.accuracy[filled], width[filled], color="C0", edgecolor="white",
+                    label="accuracy")  # fmt: skip
+        diagram.hlines(cal.confidence[filled], cal.edges[:-1][filled], cal.edges[1:][filled], color="C3", lw=2,
+                       label="mean confidence")  # fmt: skip
+        diagram.plot([0, 1], [0, 1], color="black", ls="--", lw=1, label="perfect calibration")
+        diagram.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy",
+                    title=f"{name}: ECE {cal.ece:.2%}")  # fmt: skip
+        diagram.legend(loc="upper left", fontsize=8)
+    for index, (name, cal) in enumerate(panels):
+        centers = (cal.edges[:-1] + cal.edges[1:]) / 2
+        histogram.step(centers, cal.counts / cal.counts.sum(), where="mid", color=f"C{index}", label=name)
     histogram.set(xlim=(0, 1), xlabel="confidence (max probability)", title="share of test images per bin")
     histogram.yaxis.set_major_formatter(PercentFormatter(1.0))
+    histogram.legend(loc="upper left", fontsize=8)
     return figure
 
 

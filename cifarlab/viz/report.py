@@ -17,6 +17,7 @@ import torch
 
 from .. import __version__
 from ..config import Config
+from ..engine.calibration import ECE_BINS, probabilities, reliability, scores
 from ..engine.checkpoint import Checkpoint, load_checkpoint
 from ..engine.metrics import read_result
 from ..engine.metrics_log import read_metrics
@@ -28,7 +29,7 @@ from . import analysis, page, plots
 from .model_parts import first_layer_filters
 from .saliency import grad_cam
 
-PREDICTIONS, MISTAKES, SALIENCY_IMAGES, CALIBRATION_BINS = 32, 24, 10, 15
+PREDICTIONS, MISTAKES, SALIENCY_IMAGES = 32, 24, 10
 
 
 def read_records(run_dir: Path) -> list[dict]:
@@ -51,14 +52,13 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, device: str =
         config.data.data_dir = data_dir
     predictions = analysis.predict_test_split(checkpoint, config, dev)
     figures = _Figures(run_dir / "figures")
-    cal = analysis.calibration(predictions.probabilities, predictions.labels, CALIBRATION_BINS)
     classes = predictions.classes
 
     fields = dict(
         title=escape(f"{run_dir.name}: {config.model.name} on {config.data.dataset}"),
         subtitle=escape(f"{run_dir.resolve()} · {config.train.epochs} epochs · test accuracy "
                         f"{result['accuracy']:.2%}"),  # fmt: skip
-        cards=_cards(result, cal),
+        cards=_cards(result, predictions),
         checkpoint=escape(result["checkpoint"]),
         recomputed=escape(_recomputed_note(predictions, result)),
         curves=_curves(run_dir.name, records, figures),
@@ -72,8 +72,8 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, device: str =
         saliency=_saliency(checkpoint, predictions, figures, dev),
         filters=_filters(checkpoint, figures),
         embedding=_embedding(predictions, figures),
-        calibration=figures.add("calibration", plots.reliability_diagram(cal), "reliability diagram"),
-        bins=str(CALIBRATION_BINS),
+        calibration=_calibration(run_dir, checkpoint, predictions, figures),
+        bins=str(ECE_BINS),
         cost=_cost(run_dir, bench, figures),
         run_table=_run_table(result, checkpoint, config, run_dir),
         config=escape(config_text),
@@ -106,7 +106,7 @@ def _percent(value: float) -> str:
     return f"{value:.2%}"
 
 
-def _cards(result: dict, cal: analysis.Calibration) -> str:
+def _cards(result: dict, predictions: analysis.Predictions) -> str:
     cards = [page.card("test accuracy", "accuracy", result["accuracy"], _percent(result["accuracy"])),
              page.card("test loss", "loss", result["loss"], f"{result['loss']:.4f}"),
              page.card("macro F1", "macro_f1", result["macro_f1"], f"{result['macro_f1']:.4f}")]  # fmt: skip
@@ -117,8 +117,32 @@ def _cards(result: dict, cal: analysis.Calibration) -> str:
         cards.append(page.card("best validation accuracy", "val_accuracy", result["val_accuracy"],
                                _percent(result["val_accuracy"])))  # fmt: skip
     cards.append(page.card("test images", "num_images", result["num_images"], f"{result['num_images']:,}"))
-    cards.append(page.card("calibration error (ECE)", "report/ece", cal.ece, _percent(cal.ece)))
+    ece = reliability(predictions.probabilities, predictions.labels).ece
+    calibrated = " (calibrated)" if predictions.temperature else ""
+    cards.append(page.card(f"calibration error (ECE){calibrated}", "report/ece", ece, _percent(ece)))
     return "".join(cards)
+
+
+def _calibration(run_dir: Path, checkpoint: Checkpoint, predictions: analysis.Predictions, figures: _Figures) -> str:
+    """Reliability diagrams and scores of the raw probabilities and, when a temperature was
+    fitted on held-out images, of the calibrated ones (what eval, predict and this page show)."""
+    logits, labels, fitted, temperature = predictions.logits, predictions.labels, checkpoint.calibration, checkpoint.temperature
+    raw = reliability(probabilities(logits), labels)
+    calibrated = reliability(probabilities(logits, temperature), labels) if fitted else None
+    plot = figures.add("calibration", plots.reliability_diagram(raw, calibrated, temperature), "reliability diagram")
+    columns = [("raw", scores(logits, labels))] + ([("calibrated", scores(logits, labels, temperature))] if fitted else [])
+    rows = [[page.cell(name)] + [page.number(f"report/{column}/{key}", values[key], shown(values[key]))
+                                 for column, values in columns]
+            for name, key, shown in (("ECE (top label)", "ece", _percent), ("classwise ECE", "classwise_ece", _percent),
+                                     ("NLL", "nll", "{:.4f}".format), ("Brier score", "brier", "{:.4f}".format))]  # fmt: skip
+    table = page.table(["test images"] + [column for column, _ in columns], rows)
+    if fitted:
+        source = (f"Temperature T = {temperature:.4f}, fitted by minimizing the NLL on {fitted['images']:,} held-out "
+                  f"{fitted['split']} images (TTA {fitted['tta']}), never on the test set; it changes no prediction.")
+    else:
+        source = (f"No temperature fitted: these are raw probabilities. `cifarlab calibrate {run_dir}` fits one on "
+                  f"held-out images (the run's calibration hold-out or validation split).")  # fmt: skip
+    return plot + table + page.note(source)
 
 
 def _recomputed_note(predictions: analysis.Predictions, result: dict) -> str:
