@@ -42,7 +42,7 @@ class DataConfig:
     dataset: str = "cifar10"  # cifar10 | cifar100 | cifar100-coarse; a class subset: cifar10:cat,dog; folder:PATH (own images)
     data_dir: str | None = None  # None: $CIFARLAB_DATA, ./data, ~/.cache/cifarlab, else download
     val_size: int | None = None  # held out of train for model selection; None = 10% (5,000 for CIFAR-10)
-    calib_size: int = 0  # held out of train only to fit the temperature of calibrated probabilities; 0 = none
+    calib_size: int = 0  # held out of train only to fit the temperature of probabilities (at most a tenth); 0 = none
     train_subset: int | None = None  # train on a stratified subset of this many images
     labels_per_class: int | None = None  # train on this many images per class (few labels); same seed as the subset
     image_size: int = 32  # folder: images are resized to this side (CIFAR is 32×32)

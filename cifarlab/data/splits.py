@@ -102,11 +102,8 @@ def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
     else:
         train = full
     calib = None
-    if cfg.calib_size:
-        if cfg.calib_size >= len(train):
-            raise CifarlabError(f"data.calib_size={cfg.calib_size} leaves no training images (there are {len(train)} "
-                                f"after the validation split)")  # fmt: skip
-        train, calib = _carve(train, cfg.calib_size, cfg.split_seed + 3, "calibration")
+    if cfg.calib_size and len(train) >= 10:  # at most a tenth: a recipe's hold-out must not eat a small dataset
+        train, calib = _carve(train, min(cfg.calib_size, len(train) // 10), cfg.split_seed + 3, "calibration")
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train):
             raise CifarlabError(f"train subset {cfg.train_subset} is larger than the {len(train)} training images")
