@@ -11,6 +11,7 @@
     int8 = cifarlab.quantize(run.dir)                  # → runs/<run>-int8 (model.onnx), int8.test
     cifarlab.export_model(run.dir, "onnx")             # → <run>.onnx, checked on test images
     table, _ = cifarlab.bench([run.dir, int8.dir])     # latency, throughput, size, accuracy side by side
+    result, _ = cifarlab.robustness(run.dir)          # CIFAR-10-C and FGSM / PGD: robustness.json
 """
 
 __version__ = "0.1.0"
@@ -20,13 +21,15 @@ from .config import Config, QuantizeConfig, resolve as resolve_config  # noqa: E
 from .engine import Checkpoint, Run, classify_images, evaluate, load_checkpoint, load_model  # noqa: E402
 from .errors import CifarlabError  # noqa: E402
 from .models import create_model, list_models, model_stats  # noqa: E402
-from .run import bench, calibrate, finetune, prune, quantize, train  # noqa: E402
+from .robust import RobustnessConfig  # noqa: E402
+from .run import bench, calibrate, finetune, prune, quantize, robustness, train  # noqa: E402
 
 __all__ = [
     "Checkpoint",
     "CifarlabError",
     "Config",
     "QuantizeConfig",
+    "RobustnessConfig",
     "Run",
     "bench",
     "calibrate",
@@ -42,5 +45,6 @@ __all__ = [
     "prune",
     "quantize",
     "resolve_config",
+    "robustness",
     "train",
 ]

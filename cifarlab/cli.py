@@ -162,6 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", metavar="DIR", help="where bench.json and bench.png go (default: the first RUN_DIR)")
     bench.add_argument("--data-dir", help="where the runs' dataset is now, if it moved")
 
+    robust = commands.add_parser("robustness", help="accuracy under the CIFAR-10-C corruptions and FGSM / PGD attacks "
+                                                   "(robustness.json, heatmap, a report section)")  # fmt: skip
+    robust.add_argument("source", metavar="RUN", help="a run directory (its best checkpoint, else last) or checkpoint")
+    robust.add_argument("--corruptions", default="all", metavar="all|NAME,...",
+                        help="which of the 19 corruptions (default: all; the mean is over the 15 standard ones)")
+    robust.add_argument("--severities", default="1-5", metavar="1-5", help="e.g. 1-5, 3 or 1,3,5 (default: 1-5)")
+    robust.add_argument("--attack", default="fgsm,pgd,pgd-l2", metavar="fgsm,pgd,pgd-l2|none",
+                        help="attacks to run (default: all three)")
+    robust.add_argument("--eps", default="8/255", help="L-inf radius of fgsm and pgd, pixels in [0, 1] (default: 8/255)")
+    robust.add_argument("--eps-l2", default="0.5", help="L2 radius of pgd-l2 (default: 0.5)")
+    robust.add_argument("--limit", type=int, metavar="N", help="only the first N test images (default: all)")
+    robust.add_argument("--seed", type=int, default=0, help="seed of the corruptions' noise and the attacks' starts")
+    robust.add_argument("--out", metavar="DIR", help="where robustness.json and .png go (default: the run's folder)")
+    robust.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
+    robust.add_argument("--device", default="auto")
+
     report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, errors, Grad-CAM, calibration")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
@@ -360,6 +376,23 @@ def _bench(args) -> None:
     print(f"written: {folder / 'bench.json'}, {folder / 'bench.png'}")
 
 
+def _robustness(args) -> None:
+    from .robust import ATTACKS, EXTRA, STANDARD, RobustnessConfig, settings
+    from .run import robustness
+
+    config = RobustnessConfig(
+        corruptions=settings.names(args.corruptions, STANDARD + EXTRA), severities=settings.severities(args.severities),
+        attacks=settings.names(args.attack, ATTACKS, none_allowed=True), eps=settings.fraction(args.eps, "--eps"),
+        eps_l2=settings.fraction(args.eps_l2, "--eps-l2"), limit=args.limit, seed=args.seed, out=args.out,
+    )  # fmt: skip
+    result, folder = robustness(args.source, config, args.data_dir, args.device)
+    mean = result["summary"]["mean_corrupted_accuracy"]
+    if mean is not None:
+        print(f"mean corrupted accuracy {mean:.2%} over {result['summary']['splits']} standard splits "
+              f"(clean {result['clean_accuracy']:.2%}); {result['seconds']:.0f} s in all")  # fmt: skip
+    print(f"written: {folder / 'robustness.json'}" + (f", {folder / 'robustness.png'}" if result["corruptions"] else ""))
+
+
 def _report(args) -> None:
     from .viz.report import write_report
 
@@ -398,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
             _export(args)
         elif args.command == "quantize":
             _quantize(args)
+        elif args.command == "robustness":
+            _robustness(args)
         elif args.command == "report":
             _report(args)
         elif args.command == "bench":

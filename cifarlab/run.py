@@ -7,7 +7,7 @@ The trainer receives the built model and loaders (as torchvision's reference `ma
 hands objects to `train_one_epoch`); fine-tuning is the same path with a source, and so is
 pruning: the pruned net, saved in the run's folder, is the source of a fine-tuning run.
 `quantize` makes the int8 copy of a run the same way: the run's data → compress/ → a folder
-with a test.
+with a test; `robustness` measures a run under corruptions and attacks (robust/) into its folder.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .compress.export import save_onnx
 from .compress.prune import TAYLOR_BATCHES
 from .compress.quantize import quantize_int8, require_packages
 from .config import Config, QuantizeConfig, from_dict, read_yaml, resolve, validate
-from .data import DeviceLoader, Splits, make_splits, stratified_indices
+from .data import DeviceLoader, ImageSet, Splits, make_splits, stratified_indices
 from .engine import distributed
 from .engine.calibration import describe_fit, fit_record
 from .engine.checkpoint import load_checkpoint, save_calibration, save_checkpoint
@@ -48,6 +48,7 @@ from .engine.trainer import Loaders, Run, Trainer
 from .errors import CifarlabError
 from .fileio import atomic_path, write_json, write_text
 from .models import create_model
+from .robust import RobustnessConfig
 from .transfer import Source, finetune_config, open_source, pretrained_model, with_source
 
 # Settings a resumed run may change: they do not change the result.
@@ -113,7 +114,7 @@ def prune(source: str | Path, method: str = "channels", amount: float | None = N
     if isinstance(checkpoint.model, OnnxModel):
         raise CifarlabError(f"'{source}' holds an ONNX model ({checkpoint.model.path}); prune the float run it came from")
     config = pruned_config(checkpoint.config(), method, finetune_epochs, out, data_dir, device, sets)
-    source_run = checkpoint.path.parent.parent if checkpoint.path.parent.name == "checkpoints" else checkpoint.path
+    source_run = _run_folder(checkpoint.path)
     with distributed.session(config.train.device) as dev:
         configure(config.train.threads, config.train.deterministic)
         seed_everything(config.train.seed)
@@ -267,8 +268,12 @@ def calibrate(source: str | Path, split: str | None = None, limit: int | None = 
 
 
 def _run_name(checkpoint: Path) -> str:
-    """runs/r20/checkpoints/best → r20; a checkpoint folder elsewhere: its own name."""
-    return checkpoint.parent.parent.name if checkpoint.parent.name == "checkpoints" else checkpoint.name
+    return _run_folder(checkpoint).name
+
+
+def _run_folder(checkpoint: Path) -> Path:
+    """runs/r20/checkpoints/best → runs/r20; a checkpoint folder elsewhere: itself."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -503,3 +508,92 @@ def bench(paths: list[str | Path], out: str | Path | None = None, threads: int |
     write_json(folder / "bench.json", table)
     plots.save_png(plots.compression_tradeoff(table["rows"]), folder / "bench.png")
     return table, folder
+
+
+def robustness(source: str | Path, settings: RobustnessConfig | None = None, data_dir: str | None = None,
+               device: str = "auto", verbose: bool = True) -> tuple[dict, Path]:  # fmt: skip
+    """Accuracy of a run's (best) model on the CIFAR-10-C corruptions × severities of its test
+    images (robust/suite.py: generated once, then read from the cache) and under FGSM / PGD
+    attacks; writes OUT/robustness.json and the heatmap OUT/robustness.png (OUT: the run's
+    folder, or `settings.out`), which `cifarlab report` shows. No test-time augmentation."""
+    from .robust import score, suite
+    from .viz import plots  # matplotlib loads only when a figure is drawn
+
+    settings = (settings or RobustnessConfig()).validate()
+    started = time.perf_counter()
+    dev = select_device(device)
+    checkpoint = load_checkpoint(source, dev)
+    if settings.attacks and isinstance(checkpoint.model, OnnxModel):
+        raise CifarlabError(f"'{source}' holds an ONNX model: attacks need gradients; pass --attack none, or "
+                            f"measure the float run")  # fmt: skip
+    config = checkpoint.config(data_dir)
+    test = make_splits(config.data).test
+    if settings.limit is not None:
+        if settings.limit > len(test):
+            raise CifarlabError(f"--limit={settings.limit} is more than the {len(test)} test images of the run")
+        test = test.subset(torch.arange(settings.limit))
+    folder = Path(settings.out) if settings.out else _run_folder(checkpoint.path)
+    if folder.exists() and not folder.is_dir():
+        raise CifarlabError(f"--out '{folder}' is a file; give a folder")
+    say = print if verbose else (lambda *args, **kwargs: None)
+
+    def accuracy(images: torch.Tensor) -> float:
+        loader = checkpoint_loader(checkpoint, config, ImageSet(images, test.labels, test.classes), dev)
+        logits, labels = predict(checkpoint.model, loader, "none", autocast(dev, config.train.precision))
+        return (finite(logits, source).argmax(1) == labels).double().mean().item()
+
+    clean = accuracy(test.images)
+    say(f"{checkpoint.path}: clean accuracy {clean:.2%} on {len(test)} test images")
+    clean_pixels = test.images.permute(0, 2, 3, 1).contiguous().numpy()
+    table, costs = {}, {}
+    for name in settings.corruptions:
+        made = suite.corrupted(clean_pixels, name, settings.seed, log=lambda note: say(note, file=sys.stderr))
+        start = time.perf_counter()
+        table[name] = {str(s): accuracy(torch.from_numpy(made.images[s - 1]).permute(0, 3, 1, 2).contiguous())
+                       for s in settings.severities}  # fmt: skip
+        costs[name] = {"generate_seconds": made.seconds, "cached": made.cached,
+                       "evaluate_seconds": time.perf_counter() - start}  # fmt: skip
+        say(f"  {name:<18} " + " ".join(f"{a:7.2%}" for a in table[name].values())
+            + ("  (cached)" if made.cached else f"  (generated in {made.seconds:.1f} s)"))  # fmt: skip
+    corruption_seconds = time.perf_counter() - started
+    adversarial = _attack_accuracies(checkpoint, test, settings, dev)
+    for name, result in adversarial.items():
+        say(f"  {name:<18} {result['accuracy']:7.2%}  (eps {result['eps']:.4g}, {result['steps']} step(s))")
+    result = {
+        "source": str(checkpoint.path), "dataset": config.data.dataset, "split": "test", "num_images": len(test),
+        "seed": settings.seed, "tta": "none", "clean_accuracy": clean, "severities": settings.severities,
+        "corruptions": table, "summary": score.summarize(table, clean), "attacks": adversarial,
+        "autoattack": "not included (see cifarlab/robust/attacks.py)",
+        "costs": costs, "corruption_seconds": corruption_seconds, "seconds": time.perf_counter() - started,
+        "cache": str(suite.cache_folder()), "hardware": hardware(dev),
+    }  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "robustness.json", result)
+    if table:
+        plots.save_png(plots.corruption_heatmap(table, clean), folder / "robustness.png")
+    return result, folder
+
+
+def _attack_accuracies(checkpoint, test: ImageSet, settings: RobustnessConfig, device: torch.device) -> dict:
+    """Accuracy under each attack, batch by batch, the model's normalization inside."""
+    from .robust import attacks
+
+    chosen = attacks.standard_attacks(settings.attacks, settings.eps, settings.eps_l2, settings.steps)
+    if not chosen:
+        return {}
+    checkpoint.model.to(memory_format=torch.contiguous_format)
+    model = attacks.Normalized(checkpoint.model, checkpoint.mean, checkpoint.std).to(device).eval()
+    generator = torch.Generator().manual_seed(settings.seed)
+    correct, seconds = dict.fromkeys(settings.attacks, 0), dict.fromkeys(settings.attacks, 0.0)
+    for first in range(0, len(test), settings.batch_size):
+        x = test.images[first:first + settings.batch_size].to(device).float() / 255
+        y = test.labels[first:first + settings.batch_size].to(device)
+        for attack in chosen:
+            start = time.perf_counter()
+            adversarial = attacks.perturb(model, x, y, attack, generator)
+            with torch.no_grad():
+                correct[attack.name] += int((model(adversarial).argmax(1) == y).sum())
+            seconds[attack.name] += time.perf_counter() - start
+    return {a.name: {"accuracy": correct[a.name] / len(test), "norm": a.norm, "eps": a.eps, "steps": a.steps,
+                     "alpha": a.alpha, "random_start": a.random_start, "seconds": seconds[a.name]}
+            for a in chosen}  # fmt: skip

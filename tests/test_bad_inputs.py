@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from cifarlab.cli import main
-from helpers import CIFAR10_CLASSES, write_source_checkpoint
+from helpers import CIFAR10_CLASSES, write_run_checkpoint, write_source_checkpoint
 
 MARKER = "pwned"  # what a hostile file would create if it ran code
 TRAIN = ["train", "--recipe", "tutorial", "--epochs", "1", "--batch-size", "50", "--set", "data.val_size=100",
@@ -250,6 +250,21 @@ CASES = {
         r, t, "batches.meta", lambda b: b["label_names"].append("unicorn"))], "must be 10 different names, got 11"),
     "cifar-duplicate-classes": (lambda t, r: ["data", "info", "--data-dir", rewrite_batch(
         r, t, "batches.meta", lambda b: b.update(label_names=["cat"] * 10))], "(1 different)"),
+    # robustness
+    "robustness-unknown-corruption": (lambda t, r: ["robustness", checkpoint(t), "--corruptions", "fog,rain"],
+                                      "unknown corruption(s) 'rain'"),
+    "robustness-severity-6": (lambda t, r: ["robustness", checkpoint(t), "--severities", "4-6"],
+                              "--severities [6] out of range; severities are 1 to 5"),
+    "robustness-severity-text": (lambda t, r: ["robustness", checkpoint(t), "--severities", "high"],
+                                 "is not a list of severities"),
+    "robustness-eps-0": (lambda t, r: ["robustness", checkpoint(t), "--eps", "0"], "--eps=0.0 is out of range"),
+    "robustness-eps-text": (lambda t, r: ["robustness", checkpoint(t), "--eps", "8/two"], "--eps '8/two' is not a number"),
+    "robustness-unknown-attack": (lambda t, r: ["robustness", checkpoint(t), "--attack", "cw"], "unknown attack(s) 'cw'"),
+    "robustness-no-checkpoint": (lambda t, r: ["robustness", folder(folder(t / "run") / "checkpoints").parent],
+                                 "has no checkpoint yet"),
+    "robustness-limit-0": (lambda t, r: ["robustness", checkpoint(t), "--limit", "0"], "--limit=0 is out of range"),
+    "robustness-limit-too-large": (lambda t, r: ["robustness", write_run_checkpoint(t / "ckpt", r), "--limit", "500"],
+                                   "--limit=500 is more than the 200 test images"),
     "folder-empty-class": (lambda t, r: [*TRAIN, "--dataset", f"folder:{image_folder(t)}", "--out", "run"],
                            "bird hold no readable image"),
 }

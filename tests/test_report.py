@@ -27,7 +27,7 @@ from cifarlab.viz.report import write_report
 from helpers import real_data_root, write_cifar10
 
 FIGURES = {"curves", "confusion", "per_class", "predictions", "mistakes", "gradcam", "filters", "embedding", "calibration"}
-SECTIONS = {"summary", "curves", "errors", "predictions", "saliency", "filters", "embedding", "calibration", "cost", "run"}
+SECTIONS = {"summary", "curves", "errors", "predictions", "saliency", "filters", "embedding", "calibration", "robustness", "cost", "run"}
 
 
 def train_cli(data_root: Path, out: Path, *extra: str) -> Path:

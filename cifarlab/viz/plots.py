@@ -252,3 +252,21 @@ def compression_tradeoff(rows: list[dict]) -> Figure:
         ax.grid(alpha=0.3)
     latency.legend(loc="lower right", fontsize=8)
     return figure
+
+
+def corruption_heatmap(table: dict[str, dict[str, float]], clean: float) -> Figure:
+    """Accuracy per corruption (rows, in the order measured) × severity (columns), each cell
+    labelled, on one colour scale from 0 to the clean accuracy."""
+    names = list(table)
+    severities = list(next(iter(table.values())))
+    values = np.array([[table[name][s] for s in severities] for name in names])
+    figure = Figure(figsize=(1.2 * len(severities) + 3.5, 0.32 * len(names) + 1.4), layout="constrained")
+    ax = figure.subplots()
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(clean, values.max()), aspect="auto")
+    for (row, col), value in np.ndenumerate(values):
+        ax.text(col, row, f"{value:.1%}", ha="center", va="center", fontsize=8,
+                color="black" if value > 0.6 * max(clean, 1e-9) else "white")  # fmt: skip
+    ax.set(xticks=range(len(severities)), xticklabels=severities, yticks=range(len(names)), yticklabels=names,
+           xlabel="severity", title=f"accuracy under corruption (clean: {clean:.1%})")  # fmt: skip
+    figure.colorbar(image, ax=ax, format=PercentFormatter(1.0))
+    return figure

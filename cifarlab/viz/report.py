@@ -44,6 +44,7 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, device: str =
     result = read_result(run_dir)
     records = read_records(run_dir)
     bench = _read_bench(run_dir)
+    robust = _read_robustness(run_dir)
     dev = select_device(device)
     checkpoint = load_checkpoint(run_dir / "checkpoints" / result["checkpoint"], dev)
     config = checkpoint.config()
@@ -74,6 +75,7 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, device: str =
         embedding=_embedding(predictions, figures),
         calibration=_calibration(run_dir, checkpoint, predictions, figures),
         bins=str(ECE_BINS),
+        robustness=_robustness(run_dir, robust, figures),
         cost=_cost(run_dir, bench, figures),
         run_table=_run_table(result, checkpoint, config, run_dir),
         config=escape(config_text),
@@ -290,6 +292,60 @@ def _cost_row(r: dict) -> list[str]:
         page.number(f"{key}/speedup_throughput", r["speedup_throughput"], f"{r['speedup_throughput']:.2f}×"),
         page.number(f"{key}/test_accuracy", r["test_accuracy"], f"{r['test_accuracy']:.2%}"),
     ]
+
+
+ROBUSTNESS_KEYS = {"clean_accuracy", "num_images", "corruptions", "summary", "attacks", "seconds", "hardware"}
+
+
+def _read_robustness(run_dir: Path) -> dict | None:
+    """The run's robustness.json (`cifarlab robustness RUN`), checked before anything is written."""
+    path = run_dir / "robustness.json"
+    if not path.is_file():
+        return None
+    result = read_json(path, "robustness results")
+    valid = (isinstance(result, dict) and ROBUSTNESS_KEYS <= result.keys()
+             and isinstance(result["corruptions"], dict) and isinstance(result["attacks"], dict)
+             and all(isinstance(row, dict) and row and all(isinstance(a, float) for a in row.values())
+                     for row in result["corruptions"].values())
+             and all(isinstance(a, dict) and {"accuracy", "eps", "steps"} <= a.keys() for a in result["attacks"].values())
+             and isinstance(result["summary"], dict) and "mean_corrupted_accuracy" in result["summary"])  # fmt: skip
+    if not valid:
+        raise CifarlabError(f"'{path}' is not a cifarlab robustness.json; run `cifarlab robustness {run_dir}` again")
+    return result
+
+
+def _robustness(run_dir: Path, result: dict | None, figures: _Figures) -> str:
+    """Headline robustness figures, the attack table and the corruption heatmap, or how to make them."""
+    if result is None:
+        return page.note(f"Not measured yet: `cifarlab robustness {run_dir}` evaluates the model on the CIFAR-10-C "
+                         f"corruptions and under FGSM / PGD attacks, and this section shows the results.")  # fmt: skip
+    summary = result["summary"]
+    mean = summary["mean_corrupted_accuracy"]
+    rows = [[page.cell("clean accuracy"), page.number("robustness/clean_accuracy", result["clean_accuracy"],
+                                                      _percent(result["clean_accuracy"]))]]  # fmt: skip
+    if mean is not None:
+        covered = "all 75 standard splits" if summary["complete"] else f"{summary['splits']} of the 75 standard splits"
+        rows += [[page.cell(f"mean corrupted accuracy ({covered})"),
+                  page.number("robustness/mean_corrupted_accuracy", mean, _percent(mean))],
+                 [page.cell("relative drop from clean"),
+                  page.number("robustness/relative_drop", summary["relative_drop"], _percent(summary["relative_drop"]))],
+                 [page.cell("mCE (unnormalized: mean error)"), page.number("robustness/mce", summary["mce"],
+                                                                          _percent(summary["mce"]))]]  # fmt: skip
+    if summary.get("extra_mean_accuracy") is not None:
+        rows.append([page.cell(f"extra corruptions, mean accuracy ({summary['extra_splits']} splits)"),
+                     page.number("robustness/extra_mean_accuracy", summary["extra_mean_accuracy"],
+                                 _percent(summary["extra_mean_accuracy"]))])  # fmt: skip
+    for name, attack in result["attacks"].items():
+        rows.append([page.cell(f"{name} (ε {attack['eps']:.4g}, {attack['steps']} step(s))"),
+                     page.number(f"robustness/attacks/{name}", attack["accuracy"], _percent(attack["accuracy"]))])
+    parts = [page.table(None, rows)]
+    if result["corruptions"]:
+        parts.append(figures.add("robustness", plots.corruption_heatmap(result["corruptions"], result["clean_accuracy"]),
+                                 "accuracy per corruption and severity"))  # fmt: skip
+    cpu = result["hardware"].get("gpu") or result["hardware"].get("cpu", "?")
+    parts.append(page.note(f"Measured by `cifarlab robustness` on {result['num_images']:,} test images, "
+                           f"{result['seconds']:,.0f} s on {cpu}; no test-time augmentation."))  # fmt: skip
+    return "".join(parts)
 
 
 def _run_table(result: dict, checkpoint: Checkpoint, config: Config, run_dir: Path) -> str:

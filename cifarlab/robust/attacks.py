@@ -1,0 +1,83 @@
+"""White-box attacks in pixel space: FGSM, PGD-L∞ and PGD-L2 (Madry et al. 2018), batched.
+
+Images are floats in [0, 1]; the model's normalization is a layer in front of it
+(`Normalized`), so ε means what the literature means (8/255 of the pixel range) and every
+step is clipped back into the valid image range. Hand-written rather than torchattacks: the
+three attacks are a dozen lines together, and the package would add a dependency for them.
+AutoAttack (APGD-CE + APGD-DLR) is not included: its authors' package is not on PyPI, and
+the port in torchattacks has had no release since 2023.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Normalized(nn.Module):
+    """`model` with its input normalization inside: it takes images in [0, 1]."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One attack's settings; `steps=1` without random start and step ε is FGSM."""
+
+    name: str
+    norm: str  # "linf" | "l2"
+    eps: float
+    steps: int
+    alpha: float  # step size
+    random_start: bool
+
+
+def standard_attacks(names: list[str], eps_linf: float, eps_l2: float, steps: int = 10) -> list[Attack]:
+    """FGSM (one step of ε), PGD-L∞ (α = 2/255 at ε = 8/255, i.e. ε/4) and PGD-L2 (α = 2.5·ε/steps,
+    Madry et al.'s rule, so the iterate can cross the ball), both from a random start."""
+    table = {"fgsm": Attack("fgsm", "linf", eps_linf, 1, eps_linf, False),
+             "pgd": Attack("pgd", "linf", eps_linf, steps, eps_linf / 4, True),
+             "pgd-l2": Attack("pgd-l2", "l2", eps_l2, steps, 2.5 * eps_l2 / steps, True)}  # fmt: skip
+    return [table[name] for name in names]
+
+
+def _l2(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+
+
+def _project(delta: torch.Tensor, attack: Attack) -> torch.Tensor:
+    if attack.norm == "linf":
+        return delta.clamp(-attack.eps, attack.eps)
+    return delta * (attack.eps / _l2(delta)).clamp(max=1.0)
+
+
+def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack,
+            generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+    """Adversarial images for a batch (model in eval mode, taking [0, 1] images): steepest
+    ascent of the cross-entropy, projected onto the ε-ball around x and onto [0, 1]."""
+    delta = torch.zeros_like(x)
+    if attack.random_start:
+        noise = torch.rand(x.shape, generator=generator, device="cpu").to(x) * 2 - 1
+        if attack.norm == "l2":  # a random direction, a radius uniform in [0, ε]
+            radius = torch.rand(len(x), generator=generator, device="cpu").to(x).view(-1, 1, 1, 1)
+            noise = noise / _l2(noise) * radius
+        delta = (x + noise * attack.eps).clamp(0, 1) - x
+    for _ in range(attack.steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            step = grad.sign() if attack.norm == "linf" else grad / _l2(grad)
+            delta = _project(delta + attack.alpha * step, attack)
+            delta = (x + delta).clamp(0, 1) - x  # still inside the ball: clamping only shrinks each coordinate
+    return (x + delta).detach()
