@@ -253,15 +253,12 @@ BENCH_KEYS = {"label", "runtime", "precision", "params", "macs", "file_bytes", "
 
 def _read_bench(run_dir: Path) -> dict | None:
     """The run's bench.json (`cifarlab bench RUN ...`), checked before anything is written."""
-    path = run_dir / "bench.json"
-    if not path.is_file():
-        return None
-    table = read_json(path, "bench results")
-    rows = table.get("rows") if isinstance(table, dict) else None
-    if (not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and BENCH_KEYS <= r.keys() for r in rows)
-            or not {"threads", "calls", "batch", "hardware"} <= table.keys()):  # fmt: skip
-        raise CifarlabError(f"'{path}' is not a cifarlab bench.json; run `cifarlab bench` again")
-    return table
+    def valid(table) -> bool:
+        rows = table.get("rows") if isinstance(table, dict) else None
+        return (isinstance(rows, list) and bool(rows) and all(isinstance(r, dict) and BENCH_KEYS <= r.keys() for r in rows)
+                and {"threads", "calls", "batch", "hardware"} <= table.keys())  # fmt: skip
+
+    return _read_optional(run_dir / "bench.json", "bench results", valid, "cifarlab bench")
 
 
 def _cost(run_dir: Path, table: dict | None, figures: _Figures) -> str:
@@ -299,19 +296,27 @@ ROBUSTNESS_KEYS = {"clean_accuracy", "num_images", "corruptions", "summary", "at
 
 def _read_robustness(run_dir: Path) -> dict | None:
     """The run's robustness.json (`cifarlab robustness RUN`), checked before anything is written."""
-    path = run_dir / "robustness.json"
+    def valid(result) -> bool:
+        return (isinstance(result, dict) and ROBUSTNESS_KEYS <= result.keys()
+                and isinstance(result["corruptions"], dict) and isinstance(result["attacks"], dict)
+                and all(isinstance(row, dict) and row and all(isinstance(a, float) for a in row.values())
+                        for row in result["corruptions"].values())
+                and all(isinstance(a, dict) and {"accuracy", "eps", "steps"} <= a.keys()
+                        for a in result["attacks"].values())
+                and isinstance(result["summary"], dict) and "mean_corrupted_accuracy" in result["summary"])  # fmt: skip
+
+    return _read_optional(run_dir / "robustness.json", "robustness results", valid, f"cifarlab robustness {run_dir}")
+
+
+def _read_optional(path: Path, what: str, valid, command: str) -> dict | None:
+    """An optional results file of the run (None when absent), checked by `valid` before the
+    report writes anything: a damaged one is one error naming the command that remakes it."""
     if not path.is_file():
         return None
-    result = read_json(path, "robustness results")
-    valid = (isinstance(result, dict) and ROBUSTNESS_KEYS <= result.keys()
-             and isinstance(result["corruptions"], dict) and isinstance(result["attacks"], dict)
-             and all(isinstance(row, dict) and row and all(isinstance(a, float) for a in row.values())
-                     for row in result["corruptions"].values())
-             and all(isinstance(a, dict) and {"accuracy", "eps", "steps"} <= a.keys() for a in result["attacks"].values())
-             and isinstance(result["summary"], dict) and "mean_corrupted_accuracy" in result["summary"])  # fmt: skip
-    if not valid:
-        raise CifarlabError(f"'{path}' is not a cifarlab robustness.json; run `cifarlab robustness {run_dir}` again")
-    return result
+    content = read_json(path, what)
+    if not valid(content):
+        raise CifarlabError(f"'{path}' is not a cifarlab {path.name}; run `{command}` again")
+    return content
 
 
 def _robustness(run_dir: Path, result: dict | None, figures: _Figures) -> str:
