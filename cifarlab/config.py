@@ -45,6 +45,7 @@ class DataConfig:
     calib_size: int = 0  # held out of train only to fit the temperature of probabilities (at most a tenth); 0 = none
     train_subset: int | None = None  # train on a stratified subset of this many images
     labels_per_class: int | None = None  # train on this many images per class (few labels); same seed as the subset
+    labelled_indices: str | None = None  # JSON list of positions in the training file: train on these only (val/calib carved from them)
     image_size: int = 32  # folder: images are resized to this side (CIFAR is 32×32)
     split_seed: int = 0  # fixes the val split and the subset, whatever the training seed
     mean: list[float] | None = None  # normalization; None = the dataset's published train statistics
@@ -264,8 +265,9 @@ def _validate_dataset(data: DataConfig) -> None:
             raise CifarlabError(f"data.dataset={data.dataset!r}: a class subset needs two or more comma-separated names")
         if data.image_size != 32:
             raise CifarlabError(f"data.image_size={data.image_size}: CIFAR images are 32×32; it is for folder: datasets")
-    if data.train_subset is not None and data.labels_per_class is not None:
-        raise CifarlabError("choose one of data.train_subset and data.labels_per_class, not both")
+    chosen = [key for key in ("train_subset", "labels_per_class", "labelled_indices") if getattr(data, key) is not None]
+    if len(chosen) > 1:
+        raise CifarlabError(f"choose one of data.{' and data.'.join(chosen)}, not {'both' if len(chosen) == 2 else 'all'}")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
