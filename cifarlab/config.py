@@ -35,6 +35,7 @@ Precision = Literal["auto", "fp32", "bf16"]
 TTA = Literal["none", "flip", "flip-translate"]
 Strategy = Literal["linear", "full", "gradual"]
 QuantBackend = Literal["onnxruntime", "pt2e"]
+ActiveStrategy = Literal["random", "entropy", "margin", "coreset"]  # labels/strategies.py says what each picks
 
 
 @dataclass
@@ -187,6 +188,33 @@ class QuantizeConfig:
             raise CifarlabError(f"--qat-epochs={self.qat_epochs} is out of range; it must be >= 0")
         if not (math.isfinite(self.qat_lr) and self.qat_lr > 0):
             raise CifarlabError(f"--qat-lr={self.qat_lr} is out of range; it must be a finite number > 0")
+        return self
+
+
+@dataclass
+class ActiveConfig:
+    """What `cifarlab active` does around its rounds (each round's training is an ordinary run
+    config; labels/active.py says how the rounds go)."""
+
+    start: int  # labelled images of round 0, drawn at random with the run's seed
+    budget: int  # images labelled per round after round 0
+    rounds: int  # rounds after round 0: the last one trains on start + rounds × budget labels
+    strategy: ActiveStrategy  # how the budget is picked from the unlabelled pool
+
+    def validate(self, training_images: int) -> ActiveConfig:
+        """One CifarlabError naming the flag; `training_images`: the pool before round 0."""
+        _check_choice(self.strategy, typing.get_args(ActiveStrategy), "--strategy")
+        for name in ("start", "budget", "rounds"):
+            if getattr(self, name) < 1:
+                raise CifarlabError(f"--{name}={getattr(self, name)} is out of range; it must be at least 1")
+        if self.start > training_images:
+            raise CifarlabError(f"--start={self.start} is more than the {training_images} training images")
+        needed = self.start + self.rounds * self.budget
+        if needed > training_images:
+            raise CifarlabError(
+                f"--budget={self.budget} × --rounds={self.rounds} after --start={self.start} needs {needed} images, "
+                f"more than the {training_images} training images; lower --budget or --rounds"
+            )
         return self
 
 
