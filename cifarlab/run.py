@@ -612,13 +612,14 @@ def active(settings: ActiveConfig, recipe: str | None = None, sets=(), seed: int
     OUT/active.png; OUT defaults to runs/active-<strategy> (-2, -3, …). The rounds hold out
     no validation or calibration images unless `sets` ask for them (then carved from each
     round's labels) and write no HTML report (train.report=true does)."""
-    from .viz import plots  # matplotlib loads only when a figure is drawn
-
     if os.environ.get("WORLD_SIZE", "1") != "1":
         raise CifarlabError("active learning runs in one process; train a single round under torchrun instead")
     flags = {"data": _given({"val_size": 0, "calib_size": 0, "data_dir": data_dir}),
              "train": _given({"seed": seed, "epochs": epochs, "device": device, "report": False})}  # fmt: skip
     config = resolve(recipe, flags=flags, sets=sets)
+    chosen = [key for key in ("train_subset", "labels_per_class", "labelled_indices") if getattr(config.data, key) is not None]
+    if chosen:
+        raise CifarlabError(f"active learning chooses each round's training images itself; leave out data.{chosen[0]}")
     images = training_file(config.data)
     settings.validate(len(images))
     folder = Path(out) if out else None
@@ -629,13 +630,17 @@ def active(settings: ActiveConfig, recipe: str | None = None, sets=(), seed: int
     folder.mkdir(parents=True, exist_ok=True)
 
     def draw(result: dict) -> None:
+        from .viz import plots  # matplotlib loads only when a figure is drawn
+
         plots.save_png(plots.active_learning_curves(summarize([result])), folder / "active.png")
 
     try:
         result = active_learning(config, settings, images, folder, lambda c: train(c, verbose=verbose), draw, verbose)
     except BaseException:
-        if made and not (folder / "active.json").exists():  # nothing finished: leave nothing behind
+        if not (folder / "active.json").exists():  # no round finished: leave nothing behind
             shutil.rmtree(folder, ignore_errors=True)
+            if not made:
+                folder.mkdir()  # the empty folder given as --out stays, empty
         raise
     return result, folder
 
@@ -663,15 +668,13 @@ def audit_labels(source: str | Path, split: str = "test", folds: int = 5, top: i
     the other folds' images with no validation or calibration hold-out, in
     OUT/label-audit-train-folds/fold-NN: `folds` trainings on (folds−1)/folds of the images.
     `device`: where to score (default auto) and train the folds (default: the run's)."""
-    from .viz import plots
-
     if split not in ("train", "test"):
         raise CifarlabError(f"unknown split '{split}'; choose 'train' or 'test'")
     if top < 1:
         raise CifarlabError(f"--top={top} is out of range; it must be at least 1")
-    require_cleanlab()
     dev = select_device(device or "auto")
     checkpoint = load_checkpoint(source, dev)
+    require_cleanlab()  # before any scoring or training
     config = checkpoint.config(data_dir)
     folder = Path(out) if out else _run_folder(checkpoint.path)
     if folder.exists() and not folder.is_dir():
@@ -692,6 +695,8 @@ def audit_labels(source: str | Path, split: str = "test", folds: int = 5, top: i
     if not len(found.index):
         picture.unlink(missing_ok=True)  # an earlier audit's picture would show images no longer flagged
         return found, table, None
+    from .viz import plots  # matplotlib loads only when a figure is drawn
+
     shown = min(top, len(found.index))
     titles = [f"#{i} given {data.classes[g]}\nsuspected {data.classes[s]}" for i, g, s in
               zip(found.index[:shown].tolist(), found.given[:shown].tolist(), found.suspected[:shown].tolist())]  # fmt: skip
