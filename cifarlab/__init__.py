@@ -17,20 +17,23 @@
 __version__ = "0.1.0"
 
 from .compress import export_model  # noqa: E402
-from .config import Config, QuantizeConfig, resolve as resolve_config  # noqa: E402
+from .config import ActiveConfig, Config, QuantizeConfig, resolve as resolve_config  # noqa: E402
 from .engine import Checkpoint, Run, classify_images, evaluate, load_checkpoint, load_model  # noqa: E402
 from .errors import CifarlabError  # noqa: E402
 from .models import create_model, list_models, model_stats  # noqa: E402
 from .robust import RobustnessConfig  # noqa: E402
-from .run import bench, calibrate, finetune, prune, quantize, robustness, train  # noqa: E402
+from .run import active, audit_labels, bench, calibrate, finetune, prune, quantize, robustness, train  # noqa: E402
 
 __all__ = [
+    "ActiveConfig",
     "Checkpoint",
     "CifarlabError",
     "Config",
     "QuantizeConfig",
     "RobustnessConfig",
     "Run",
+    "active",
+    "audit_labels",
     "bench",
     "calibrate",
     "classify_images",

@@ -8,7 +8,7 @@ import sys
 from typing import get_args
 
 from . import __version__
-from .config import CIFAR_DATASETS, QuantBackend, QuantizeConfig, choices
+from .config import CIFAR_DATASETS, ActiveConfig, ActiveStrategy, QuantBackend, QuantizeConfig, choices
 from .errors import CifarlabError, describe_os_error
 
 DATASET_HELP = f"{' | '.join(CIFAR_DATASETS)}, a class subset (cifar10:cat,dog), folder:PATH"
@@ -177,6 +177,42 @@ def build_parser() -> argparse.ArgumentParser:
     robust.add_argument("--out", metavar="DIR", help="where robustness.json and .png go (default: the run's folder)")
     robust.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
     robust.add_argument("--device", default="auto")
+
+    active = commands.add_parser("active", help="simulated active learning: train, pick images to label, retrain from "
+                                                "scratch, per round (accuracy vs labels)")  # fmt: skip
+    active.add_argument("--start", type=int, metavar="N", help="labelled images of round 0, drawn at random")
+    active.add_argument("--budget", type=int, metavar="K", help="images labelled per round after round 0")
+    active.add_argument("--rounds", type=int, metavar="R", help="rounds after round 0 (R + 1 trainings)")
+    active.add_argument("--strategy", metavar="S", help=" | ".join(get_args(ActiveStrategy)))
+    active.add_argument("--recipe", help="recipe of every round's training (default: the default recipe)")
+    active.add_argument("--seed", type=int, help="seed of the start set, the random picks and every round's training")
+    active.add_argument("--epochs", type=int, help="epochs of every round (default: the recipe's)")
+    active.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any setting of the rounds' training, e.g. data.val_size=100 (carved from the labels)")
+    active.add_argument("--out", help="folder of the rounds (default: runs/active-<strategy>); with --compare: the PNG "
+                                      "(default: active.png)")  # fmt: skip
+    active.add_argument("--data-dir")
+    active.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    active.add_argument("--compare", nargs="+", metavar="RESULT",
+                        help="instead of running: plot active.json files (or their folders) per strategy, mean ± std "
+                             "over those of the same strategy")  # fmt: skip
+
+    labels = commands.add_parser("labels", help="audit the given labels of a dataset")
+    label_commands = labels.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
+    audit = label_commands.add_parser("audit", help="rank the images whose given label the run's model most doubts "
+                                                   "(confident learning; CSV and image grid)")  # fmt: skip
+    audit.add_argument("source", metavar="RUN", help="a run directory (its best checkpoint, else last) or checkpoint")
+    audit.add_argument("--split", default="test", choices=["train", "test"],
+                       help="test (default): the run's model scores them as they are; train: out-of-fold, by --folds "
+                            "new runs of the run's recipe")  # fmt: skip
+    audit.add_argument("--folds", type=int, default=5, metavar="K",
+                       help="train: K trainings, each on (K-1)/K of the run's training images (default: 5)")
+    audit.add_argument("--epochs", type=int, help="train: epochs of each fold run (default: the run's)")
+    audit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: any setting of the fold runs")
+    audit.add_argument("--top", type=int, default=20, metavar="N", help="images to print and draw (default: 20)")
+    audit.add_argument("--out", metavar="DIR", help="where label-audit-<split>.csv/.png go (default: the run's folder)")
+    audit.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
+    audit.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto; fold runs: the run's)")
 
     report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, errors, Grad-CAM, calibration")
     report.add_argument("run_dir", metavar="RUN_DIR")
@@ -393,6 +429,40 @@ def _robustness(args) -> None:
     print(f"written: {folder / 'robustness.json'}" + (f", {folder / 'robustness.png'}" if result["corruptions"] else ""))
 
 
+def _active(args) -> None:
+    from .run import active, compare_active
+
+    if args.compare:
+        summary, path = compare_active(args.compare, args.out or "active.png")
+        for strategy, points in summary.items():
+            print(f"{strategy}: " + ", ".join(f"{p['labelled']} labels {p['mean']:.2%}" + (f" ± {p['std']:.2%}" if p["n"] > 1 else "")
+                                               for p in points))  # fmt: skip
+        print(f"plot: {path}")
+        return
+    missing = [f"--{name}" for name in ("start", "budget", "rounds", "strategy") if getattr(args, name) is None]
+    if missing:
+        raise CifarlabError(f"cifarlab active needs {', '.join(missing)} (or --compare RESULT... to plot earlier results)")
+    settings = ActiveConfig(args.start, args.budget, args.rounds, args.strategy)
+    result, folder = active(settings, args.recipe, args.set, args.seed, args.epochs, args.out, args.data_dir, args.device)
+    for r in result["rounds"]:
+        print(f"round {r['round']}: {r['labelled']} labels, test accuracy {r['test_accuracy']:.2%}")
+    print(f"written: {folder / 'active.json'}, {folder / 'active.png'}")
+
+
+def _labels(args) -> None:
+    from .run import audit_labels
+
+    found, table, picture = audit_labels(args.source, args.split, args.folds, args.top, args.epochs, args.out,
+                                         args.data_dir, args.device, args.set)  # fmt: skip
+    print(f"{len(found.index)} of {found.audited} {args.split} images flagged by confident learning, most doubted first:")
+    print(f"  {'rank':>4} {'index':>6}  {'given':<12} {'suspected':<12} label quality")
+    top = slice(args.top)
+    rows = zip(found.index[top].tolist(), found.given[top].tolist(), found.suspected[top].tolist(), found.quality[top].tolist())
+    for rank, (i, g, s, q) in enumerate(rows, 1):
+        print(f"  {rank:>4} {i:>6}  {found.classes[g]:<12} {found.classes[s]:<12} {q:.4f}")
+    print(f"written: {table}" + (f", {picture}" if picture else ""))
+
+
 def _report(args) -> None:
     from .viz.report import write_report
 
@@ -433,6 +503,10 @@ def main(argv: list[str] | None = None) -> int:
             _quantize(args)
         elif args.command == "robustness":
             _robustness(args)
+        elif args.command == "active":
+            _active(args)
+        elif args.command == "labels":
+            _labels(args)
         elif args.command == "report":
             _report(args)
         elif args.command == "bench":

@@ -35,6 +35,7 @@ Precision = Literal["auto", "fp32", "bf16"]
 TTA = Literal["none", "flip", "flip-translate"]
 Strategy = Literal["linear", "full", "gradual"]
 QuantBackend = Literal["onnxruntime", "pt2e"]
+ActiveStrategy = Literal["random", "entropy", "margin", "coreset"]  # labels/strategies.py says what each picks
 
 
 @dataclass
@@ -45,6 +46,7 @@ class DataConfig:
     calib_size: int = 0  # held out of train only to fit the temperature of probabilities (at most a tenth); 0 = none
     train_subset: int | None = None  # train on a stratified subset of this many images
     labels_per_class: int | None = None  # train on this many images per class (few labels); same seed as the subset
+    labelled_indices: str | None = None  # JSON list of positions in the training file: train on these only (val/calib carved from them)
     image_size: int = 32  # folder: images are resized to this side (CIFAR is 32×32)
     split_seed: int = 0  # fixes the val split and the subset, whatever the training seed
     mean: list[float] | None = None  # normalization; None = the dataset's published train statistics
@@ -189,6 +191,33 @@ class QuantizeConfig:
         return self
 
 
+@dataclass
+class ActiveConfig:
+    """What `cifarlab active` does around its rounds (each round's training is an ordinary run
+    config; labels/active.py says how the rounds go)."""
+
+    start: int  # labelled images of round 0, drawn at random with the run's seed
+    budget: int  # images labelled per round after round 0
+    rounds: int  # rounds after round 0: the last one trains on start + rounds × budget labels
+    strategy: ActiveStrategy  # how the budget is picked from the unlabelled pool
+
+    def validate(self, training_images: int) -> ActiveConfig:
+        """One CifarlabError naming the flag; `training_images`: the pool before round 0."""
+        _check_choice(self.strategy, typing.get_args(ActiveStrategy), "--strategy")
+        for name in ("start", "budget", "rounds"):
+            if getattr(self, name) < 1:
+                raise CifarlabError(f"--{name}={getattr(self, name)} is out of range; it must be at least 1")
+        if self.start > training_images:
+            raise CifarlabError(f"--start={self.start} is more than the {training_images} training images")
+        needed = self.start + self.rounds * self.budget
+        if needed > training_images:
+            raise CifarlabError(
+                f"--budget={self.budget} × --rounds={self.rounds} after --start={self.start} needs {needed} images, "
+                f"more than the {training_images} training images; lower --budget or --rounds"
+            )
+        return self
+
+
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar100-coarse")
 _NON_NEGATIVE = (
     "data.val_size", "data.calib_size", "augment.translate", "augment.cutout", "augment.mixup_alpha",
@@ -264,8 +293,9 @@ def _validate_dataset(data: DataConfig) -> None:
             raise CifarlabError(f"data.dataset={data.dataset!r}: a class subset needs two or more comma-separated names")
         if data.image_size != 32:
             raise CifarlabError(f"data.image_size={data.image_size}: CIFAR images are 32×32; it is for folder: datasets")
-    if data.train_subset is not None and data.labels_per_class is not None:
-        raise CifarlabError("choose one of data.train_subset and data.labels_per_class, not both")
+    chosen = [key for key in ("train_subset", "labels_per_class", "labelled_indices") if getattr(data, key) is not None]
+    if len(chosen) > 1:
+        raise CifarlabError(f"choose one of data.{' and data.'.join(chosen)}, not {'both' if len(chosen) == 2 else 'all'}")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

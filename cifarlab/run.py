@@ -34,8 +34,8 @@ from .compress.bench import measure
 from .compress.export import save_onnx
 from .compress.prune import TAYLOR_BATCHES
 from .compress.quantize import quantize_int8, require_packages
-from .config import Config, QuantizeConfig, from_dict, read_yaml, resolve, validate
-from .data import DeviceLoader, ImageSet, Splits, make_splits, stratified_indices
+from .config import ActiveConfig, Config, QuantizeConfig, from_dict, read_yaml, resolve, validate
+from .data import DeviceLoader, ImageSet, Splits, make_splits, stratified_indices, training_file
 from .engine import distributed
 from .engine.calibration import describe_fit, fit_record
 from .engine.checkpoint import load_checkpoint, save_calibration, save_checkpoint
@@ -47,6 +47,8 @@ from .engine.runtime import autocast, configure, hardware, seed_everything, sele
 from .engine.trainer import Loaders, Run, Trainer
 from .errors import CifarlabError
 from .fileio import atomic_path, write_json, write_text
+from .labels import LabelIssues, active_learning, read_results, summarize
+from .labels.audit import check_folds, checkpoint_probabilities, issues, out_of_fold_probabilities, require_cleanlab, write_csv
 from .models import create_model
 from .robust import RobustnessConfig
 from .transfer import Source, finetune_config, open_source, pretrained_model, with_source
@@ -597,3 +599,129 @@ def _attack_accuracies(checkpoint, test: ImageSet, settings: RobustnessConfig, d
     return {a.name: {"accuracy": correct[a.name] / len(test), "norm": a.norm, "eps": a.eps, "steps": a.steps,
                      "alpha": a.alpha, "random_start": a.random_start, "seconds": seconds[a.name]}
             for a in chosen}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- labels
+def active(settings: ActiveConfig, recipe: str | None = None, sets=(), seed: int | None = None, epochs: int | None = None,
+           out: str | Path | None = None, data_dir: str | None = None, device: str | None = None,
+           verbose: bool = True) -> tuple[dict, Path]:  # fmt: skip
+    """Simulated active learning (labels/active.py): round 0 on `settings.start` random labels,
+    then `settings.rounds` rounds that each label `settings.budget` more images chosen by
+    `settings.strategy` and retrain from scratch with `recipe` (and `sets`, applied last).
+    Writes OUT/round-NN (ordinary runs), OUT/labelled-NN.json, OUT/active.json and the curve
+    OUT/active.png; OUT defaults to runs/active-<strategy> (-2, -3, …). The rounds hold out
+    no validation or calibration images unless `sets` ask for them (then carved from each
+    round's labels) and write no HTML report (train.report=true does)."""
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise CifarlabError("active learning runs in one process; train a single round under torchrun instead")
+    flags = {"data": _given({"val_size": 0, "calib_size": 0, "data_dir": data_dir}),
+             "train": _given({"seed": seed, "epochs": epochs, "device": device, "report": False})}  # fmt: skip
+    config = resolve(recipe, flags=flags, sets=sets)
+    chosen = [key for key in ("train_subset", "labels_per_class", "labelled_indices") if getattr(config.data, key) is not None]
+    if chosen:
+        raise CifarlabError(f"active learning chooses each round's training images itself; leave out data.{chosen[0]}")
+    images = training_file(config.data)
+    settings.validate(len(images))
+    folder = Path(out) if out else None
+    if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise CifarlabError(f"--out '{folder}' exists and is not an empty folder; choose another --out")
+    made = folder is None or not folder.exists()
+    folder = folder or _new_folder(Path("runs") / f"active-{settings.strategy}")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def draw(result: dict) -> None:
+        from .viz import plots  # matplotlib loads only when a figure is drawn
+
+        plots.save_png(plots.active_learning_curves(summarize([result])), folder / "active.png")
+
+    try:
+        result = active_learning(config, settings, images, folder, lambda c: train(c, verbose=verbose), draw, verbose)
+    except BaseException:
+        if not (folder / "active.json").exists():  # no round finished: leave nothing behind
+            shutil.rmtree(folder, ignore_errors=True)
+            if not made:
+                folder.mkdir()  # the empty folder given as --out stays, empty
+        raise
+    return result, folder
+
+
+def compare_active(paths: list[str | Path], out: str | Path = "active.png") -> tuple[dict, Path]:
+    """Accuracy against labels per strategy (mean ± std over the results of each) from
+    active.json files or their folders, drawn into `out`; returns the summary and the path."""
+    from .viz import plots
+
+    summary = summarize(read_results(paths))
+    return summary, plots.save_png(plots.active_learning_curves(summary), Path(out))
+
+
+def audit_labels(source: str | Path, split: str = "test", folds: int = 5, top: int = 20, epochs: int | None = None,
+                 out: str | Path | None = None, data_dir: str | None = None, device: str | None = None, sets=(),
+                 verbose: bool = True) -> tuple[LabelIssues, Path, Path | None]:  # fmt: skip
+    """Rank the images of a run's `split` whose given label its model most doubts (labels/
+    audit.py); write OUT/label-audit-<split>.csv (every flagged image, most doubted first) and
+    .png (the first `top`, given → suspected); OUT: the run's folder. Returns the issues and
+    both paths (no PNG when nothing is flagged).
+
+    test: the run's model scores the test images it never trained on (with its TTA and
+    fitted temperature). train: the images the run trained on, scored out of fold: `folds`
+    new runs of the run's config (its recipe, seed; `epochs` and `sets` override), each on
+    the other folds' images with no validation or calibration hold-out, in
+    OUT/label-audit-train-folds/fold-NN: `folds` trainings on (folds−1)/folds of the images.
+    `device`: where to score (default auto) and train the folds (default: the run's)."""
+    if split not in ("train", "test"):
+        raise CifarlabError(f"unknown split '{split}'; choose 'train' or 'test'")
+    if top < 1:
+        raise CifarlabError(f"--top={top} is out of range; it must be at least 1")
+    dev = select_device(device or "auto")
+    checkpoint = load_checkpoint(source, dev)
+    require_cleanlab()  # before any scoring or training
+    config = checkpoint.config(data_dir)
+    folder = Path(out) if out else _run_folder(checkpoint.path)
+    if folder.exists() and not folder.is_dir():
+        raise CifarlabError(f"--out '{folder}' is a file; give a folder")
+    splits = make_splits(config.data)
+    if split == "test":
+        data, positions = splits.test, torch.arange(len(splits.test))
+        probs = checkpoint_probabilities(checkpoint, config, data, dev)
+    else:
+        data, positions = splits.train, splits.train_positions
+        check_folds(folds, len(data))
+        probs = _out_of_fold(config, positions, folds, folder / "label-audit-train-folds", epochs, device, sets, verbose)
+    found = issues(data, positions, probs)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = folder / f"label-audit-{split}.csv"
+    write_csv(table, found)
+    picture = table.with_suffix(".png")
+    if not len(found.index):
+        picture.unlink(missing_ok=True)  # an earlier audit's picture would show images no longer flagged
+        return found, table, None
+    from .viz import plots  # matplotlib loads only when a figure is drawn
+
+    shown = min(top, len(found.index))
+    titles = [f"#{i} given {data.classes[g]}\nsuspected {data.classes[s]}" for i, g, s in
+              zip(found.index[:shown].tolist(), found.given[:shown].tolist(), found.suspected[:shown].tolist())]  # fmt: skip
+    grid = plots.image_grid(found.images[:shown], titles, ["tab:red"] * shown, columns=min(8, shown))
+    return found, table, plots.save_png(grid, picture)
+
+
+def _out_of_fold(config: Config, positions: torch.Tensor, folds: int, folder: Path, epochs: int | None,
+                 device: str | None, sets, verbose: bool) -> torch.Tensor:  # fmt: skip
+    """Out-of-fold probabilities of the training-file images at `positions` from `folds` runs
+    of the run's `config` in `folder` (new), each with no validation or calibration hold-out;
+    the folder goes again if any fold fails: a later audit starts afresh."""
+    if folder.exists() and any(folder.iterdir()):
+        raise CifarlabError(f"'{folder}' holds an earlier audit's fold runs; delete it, or pass --out")
+    flags = {"data": {"labelled_indices": None, "train_subset": None, "labels_per_class": None, "val_size": 0,
+                      "calib_size": 0},
+             "train": _given({"report": False, "device": device, "epochs": epochs})}  # fmt: skip
+    fold_config = resolve(flags=flags, sets=sets, base=config)
+    try:
+        return out_of_fold_probabilities(fold_config, positions, folds, folder, lambda c: train(c, verbose=verbose))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _given(settings: dict) -> dict:
+    """The settings that were given (not None): a flags layer leaves the others as they are."""
+    return {key: value for key, value in settings.items() if value is not None}

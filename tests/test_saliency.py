@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from cifarlab.engine.metrics import classifier_layer
 from cifarlab.errors import CifarlabError
 from cifarlab.models import create_model, list_models
-from cifarlab.viz.model_parts import cam_layer, classifier_layer, first_layer_filters
+from cifarlab.viz.model_parts import cam_layer, first_layer_filters
 from cifarlab.viz.saliency import grad_cam
 from helpers import per_model
 

@@ -4,7 +4,8 @@ from .datasets import DATASETS, ImageSet, channel_stats, get_spec, load_classes,
 from .download import download
 from .loader import DeviceLoader
 from .folder import read_image, read_image_folder
-from .splits import Splits, make_splits, per_class_indices, stratified_indices
+from .labelled import write_labelled_indices
+from .splits import Splits, make_splits, per_class_indices, stratified_indices, training_file
 
 __all__ = [
     "DATASETS",
@@ -22,5 +23,7 @@ __all__ = [
     "read_image",
     "read_image_folder",
     "stratified_indices",
+    "training_file",
     "verify",
+    "write_labelled_indices",
 ]

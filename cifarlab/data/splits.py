@@ -10,6 +10,7 @@ from ..config import DataConfig
 from ..errors import CifarlabError
 from .datasets import ImageSet, channel_stats, get_spec, load_split
 from .folder import read_image_folder
+from .labelled import read_labelled_indices
 
 
 def stratified_indices(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +62,7 @@ class Splits:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     calib: ImageSet | None = None  # None when calib_size is 0
+    train_positions: torch.Tensor | None = None  # of each training image in the training file (data.labelled_indices' terms)
 
     @property
     def classes(self) -> list[str]:
@@ -73,15 +75,14 @@ class Splits:
         return named[0] if named else None
 
 
-def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
-    """Load a dataset and carve what it lacks out of its training images: the test split (an
-    image folder without test/: 10%), the validation split (`val_size`), the calibration
-    hold-out (`calib_size`), then the optional training subset or few-labels subset.
+def training_file(cfg: DataConfig, download: bool = True) -> ImageSet:
+    """The dataset's training images in file order, before any carving: the images that
+    data.labelled_indices names by position (a folder without test/: what its test carving left)."""
+    return _given(cfg, download)[0]
 
-    Every carving uses `cfg.split_seed`, not the training seed, so every run of a comparison
-    sees the same images in each split; a given test set is untouched. Normalization: the
-    config's, else the dataset's published statistics, else (a folder) its training images'.
-    """
+
+def _given(cfg: DataConfig, download: bool) -> tuple[ImageSet, ImageSet, ImageSet | None, tuple | None]:
+    """(training file, test split, a given val split or None, the published normalization or None)."""
     if cfg.dataset.startswith("folder:"):
         given = read_image_folder(cfg.dataset.removeprefix("folder:"), cfg.image_size)
         published = None
@@ -92,32 +93,54 @@ def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
         published = spec.mean, spec.std
     full, test = given["train"], given.get("test")
     if test is None:
-        full, test = _carve(full, len(full) // 10, cfg.split_seed + 2, "test")
-    val = given.get("val")
+        rest, held_out = _held_out(full, len(full) // 10, cfg.split_seed + 2, "test")
+        full, test = full.subset(rest), full.subset(held_out)
+    return full, test, given.get("val"), published
+
+
+def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
+    """Load a dataset and carve what it lacks out of its training images: the test split (an
+    image folder without test/: 10%), the validation split (`val_size`), the calibration
+    hold-out (`calib_size`), then the optional training subset or few-labels subset.
+    With `labelled_indices`, only those training images exist for the run: its validation
+    and calibration hold-outs are carved from them (an active-learning round's labels).
+
+    Every carving uses `cfg.split_seed`, not the training seed, so every run of a comparison
+    sees the same images in each split; a given test set is untouched. Normalization: the
+    config's, else the dataset's published statistics, else (a folder) its training images'.
+    """
+    full, test, val, published = _given(cfg, download)
+    positions = torch.arange(len(full))
+    if cfg.labelled_indices is not None:
+        positions = read_labelled_indices(cfg.labelled_indices, len(full))
+        full = full.subset(positions)
+    train = full
     if val is None:
         val_size = len(full) // 10 if cfg.val_size is None else cfg.val_size
         if val_size >= len(full):
             raise CifarlabError(f"data.val_size={val_size} leaves no training images (the train split has {len(full)})")
-        train, val = _carve(full, val_size, cfg.split_seed, "validation") if val_size else (full, None)
-    else:
-        train = full
+        if val_size:
+            rest, held_out = _held_out(full, val_size, cfg.split_seed, "validation")
+            train, val, positions = full.subset(rest), full.subset(held_out), positions[rest]
     calib = None
     if cfg.calib_size and len(train) >= 10:  # at most a tenth: a recipe's hold-out must not eat a small dataset
-        train, calib = _carve(train, min(cfg.calib_size, len(train) // 10), cfg.split_seed + 3, "calibration")
+        rest, held_out = _held_out(train, min(cfg.calib_size, len(train) // 10), cfg.split_seed + 3, "calibration")
+        train, calib, positions = train.subset(rest), train.subset(held_out), positions[rest]
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train):
             raise CifarlabError(f"train subset {cfg.train_subset} is larger than the {len(train)} training images")
         _, keep = stratified_indices(train.labels, cfg.train_subset, cfg.split_seed + 1)
-        train = train.subset(keep)
+        train, positions = train.subset(keep), positions[keep]
     if cfg.labels_per_class is not None:
-        train = _few_labels(train, cfg.labels_per_class, cfg.split_seed + 1)
+        keep = _few_labels(train, cfg.labels_per_class, cfg.split_seed + 1)
+        train, positions = train.subset(keep), positions[keep]
     mean, std = published or channel_stats(train.images)
     mean = tuple(cfg.mean) if cfg.mean is not None else mean
     std = tuple(cfg.std) if cfg.std is not None else std
-    return Splits(train, val, test, mean, std, calib)
+    return Splits(train, val, test, mean, std, calib, positions)
 
 
-def _few_labels(train: ImageSet, per_class: int, seed: int) -> ImageSet:
+def _few_labels(train: ImageSet, per_class: int, seed: int) -> torch.Tensor:
     counts = torch.bincount(train.labels, minlength=len(train.classes))
     if counts.min() < per_class:
         fewest = int(counts.argmin())
@@ -125,12 +148,12 @@ def _few_labels(train: ImageSet, per_class: int, seed: int) -> ImageSet:
             f"data.labels_per_class={per_class}, but class '{train.classes[fewest]}' has only "
             f"{int(counts[fewest])} training images (after the held-out splits)"
         )
-    return train.subset(per_class_indices(train.labels, per_class, seed)[1])
+    return per_class_indices(train.labels, per_class, seed)[1]
 
 
-def _carve(data: ImageSet, size: int, seed: int, name: str) -> tuple[ImageSet, ImageSet]:
-    """(rest, held out): a stratified split of `size` images."""
+def _held_out(data: ImageSet, size: int, seed: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rest, held out) indices: a stratified split of `size` images."""
     rest, held_out = stratified_indices(data.labels, size, seed)
     if len(held_out) == 0:
         raise CifarlabError(f"{len(data)} images are too few to hold out a {name} split; add more (or a {name} folder)")
-    return data.subset(rest), data.subset(held_out)
+    return rest, held_out

@@ -50,6 +50,30 @@ def predict(model: nn.Module, loader: DeviceLoader, tta: str = "none", autocast=
     return torch.cat(outputs), torch.cat(labels)
 
 
+def classifier_layer(model: nn.Module) -> nn.Linear | None:
+    """The last nn.Linear: its input is the penultimate feature vector."""
+    return next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+
+
+def predict_with_features(model: nn.Module, loader: DeviceLoader, autocast=None):
+    """`predict` without TTA that also keeps, in the same pass, what the classifier reads (the
+    penultimate features, flattened, float32 on the CPU; None for a net without an nn.Linear
+    head): the report's embeddings and active learning's core-set distances."""
+    head = classifier_layer(model)
+    features: list[torch.Tensor] = []
+
+    def keep_input(module, inputs, output):
+        features.append(inputs[0].float().flatten(1).cpu())
+
+    hook = head.register_forward_hook(keep_input) if head is not None else None
+    try:
+        logits, labels = predict(model, loader, "none", autocast)
+    finally:
+        if hook is not None:
+            hook.remove()
+    return logits, labels, torch.cat(features) if features else None
+
+
 def finite(logits: torch.Tensor, source) -> torch.Tensor:
     """The logits, or one error: weights that overflow (a diverged run saved while still
     finite) give NaN/inf outputs, whose accuracy and probabilities would mean nothing."""

@@ -14,10 +14,9 @@ from ..config import Config
 from ..data import DeviceLoader, load_split, stratified_indices
 from ..engine.calibration import probabilities
 from ..engine.checkpoint import Checkpoint
-from ..engine.metrics import predict
+from ..engine.metrics import predict, predict_with_features
 from ..engine.inference import checkpoint_loader
 from ..engine.runtime import autocast
-from .model_parts import classifier_layer
 
 
 @dataclass
@@ -46,22 +45,10 @@ def predict_test_split(checkpoint: Checkpoint, config: Config, device: torch.dev
     data = load_split(config.data.dataset, "test", config.data.data_dir, download=False)
     loader = checkpoint_loader(checkpoint, config, data, device)
     model, precision, tta = checkpoint.model, autocast(device, config.train.precision), config.train.tta
-    head = classifier_layer(model)
-    features: list[torch.Tensor] = []
-
-    def keep_input(module, inputs, output):
-        features.append(inputs[0].float().flatten(1).cpu())
-
-    hook = head.register_forward_hook(keep_input) if head is not None else None
-    try:
-        logits, labels = predict(model, loader, "none", precision)
-    finally:
-        if hook is not None:
-            hook.remove()
+    logits, labels, features = predict_with_features(model, loader, precision)
     if tta != "none":
         logits, _ = predict(model, loader, tta, precision)
-    return Predictions(data.images, labels, logits, torch.cat(features) if features else None, data.classes, loader,
-                       checkpoint.temperature)  # fmt: skip
+    return Predictions(data.images, labels, logits, features, data.classes, loader, checkpoint.temperature)
 
 
 def most_confused_pairs(confusion: list[list[int]], classes: list[str], top: int = 10) -> list[dict]:

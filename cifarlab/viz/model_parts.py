@@ -1,6 +1,7 @@
 """The layers worth looking at, found by structure rather than by name, so a newly registered
-family works without a table to maintain: the first conv's filters, the last spatial feature
-map (what Grad-CAM explains) and the features the classifier reads."""
+family works without a table to maintain: the first conv's filters and the last spatial
+feature map (what Grad-CAM explains). The classifier layer is engine/metrics.py's: inference
+reads its inputs (the penultimate features)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,6 @@ def first_layer_filters(model: nn.Module) -> torch.Tensor | None:
     low = w.amin((1, 2, 3), keepdim=True)
     high = w.amax((1, 2, 3), keepdim=True)
     return (w - low) / (high - low).clamp(min=1e-12)
-
-
-def classifier_layer(model: nn.Module) -> nn.Linear | None:
-    """The last nn.Linear: its input is the penultimate feature vector."""
-    return next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
 
 
 def cam_layer(model: nn.Module, image: torch.Tensor) -> tuple[str, nn.Module] | None:

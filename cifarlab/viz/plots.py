@@ -270,3 +270,22 @@ def corruption_heatmap(table: dict[str, dict[str, float]], clean: float) -> Figu
            xlabel="severity", title=f"accuracy under corruption (clean: {clean:.1%})")  # fmt: skip
     figure.colorbar(image, ax=ax, format=PercentFormatter(1.0))
     return figure
+
+
+def active_learning_curves(summary: dict[str, list[dict]]) -> Figure:
+    """Test accuracy against the number of labelled images, one line per strategy: the mean
+    over seeds, with a band of ± one standard deviation where there are several."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.subplots()
+    for i, (strategy, points) in enumerate(summary.items()):
+        x = [p["labelled"] for p in points]
+        mean, std = np.array([p["mean"] for p in points]), np.array([p["std"] for p in points])
+        seeds = max(p["n"] for p in points)
+        ax.plot(x, mean, "o-", color=f"C{i % 10}", label=f"{strategy} ({seeds} seed{'s' * (seeds > 1)})")
+        if seeds > 1:
+            ax.fill_between(x, mean - std, mean + std, color=f"C{i % 10}", alpha=0.2)
+    ax.set(xlabel="labelled training images", ylabel="test accuracy", title="active learning: accuracy vs labels")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return figure

@@ -1,0 +1,36 @@
+"""The file of `data.labelled_indices`: which images of the training file a run may learn from.
+
+A JSON list of positions in the dataset's training images in file order (CIFAR-10: 0..49,999
+over data_batch_1..5), so a list means the same images whatever the run's validation or
+calibration settings. Active learning writes one per round; anyone can write one by hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import CifarlabError
+from ..fileio import read_json, write_json
+
+
+def read_labelled_indices(path: str | Path, size: int) -> torch.Tensor:
+    """The positions in the file, sorted, checked against a training file of `size` images."""
+    values = read_json(path, "data.labelled_indices file")
+    if not isinstance(values, list) or not values or not all(type(v) is int for v in values):
+        raise CifarlabError(f"data.labelled_indices file '{path}' must be a non-empty JSON list of integers "
+                            f"(positions in the training file)")  # fmt: skip
+    indices = torch.tensor(values, dtype=torch.long)
+    outside = indices[(indices < 0) | (indices >= size)]
+    if len(outside):
+        raise CifarlabError(f"data.labelled_indices file '{path}': position {int(outside[0])} is outside the "
+                            f"training file's 0..{size - 1}")  # fmt: skip
+    unique = indices.unique()
+    if len(unique) < len(indices):
+        raise CifarlabError(f"data.labelled_indices file '{path}' names an image twice; list each position once")
+    return unique
+
+
+def write_labelled_indices(path: str | Path, indices: torch.Tensor) -> None:
+    write_json(path, sorted(int(i) for i in indices))

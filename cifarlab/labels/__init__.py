@@ -1,0 +1,9 @@
+"""Labels: which images to label next (simulated active learning) and which given labels are
+probably wrong (confident learning). The loops train ordinary runs through a `train`
+callable that run.py hands down."""
+
+from .active import active_learning, read_results, summarize
+from .audit import LabelIssues
+from .strategies import STRATEGIES
+
+__all__ = ["LabelIssues", "STRATEGIES", "active_learning", "read_results", "summarize"]
