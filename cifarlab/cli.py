@@ -178,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     robust.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
     robust.add_argument("--device", default="auto")
 
+    serve = commands.add_parser("serve", help="a local web page and JSON API: upload an image, see the top-5 classes, "
+                                             "Grad-CAM and the model card")  # fmt: skip
+    serve.add_argument("source", metavar="RUN|INT8_DIR|FILE.onnx", help="a run, a `cifarlab quantize` folder or an exported file")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every network)")
+    serve.add_argument("--port", type=int, default=8000, help="default: 8000; 0 takes any free port")
+    serve.add_argument("--data-dir", help="where the run's dataset is now, if it moved (for the test images to pick)")
+    serve.add_argument("--device", default="auto")
+
     report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, errors, Grad-CAM, calibration")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
@@ -393,6 +402,12 @@ def _robustness(args) -> None:
     print(f"written: {folder / 'robustness.json'}" + (f", {folder / 'robustness.png'}" if result["corruptions"] else ""))
 
 
+def _serve(args) -> None:
+    from .serve import serve
+
+    serve(args.source, args.host, args.port, args.data_dir, args.device)
+
+
 def _report(args) -> None:
     from .viz.report import write_report
 
@@ -433,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
             _quantize(args)
         elif args.command == "robustness":
             _robustness(args)
+        elif args.command == "serve":
+            _serve(args)
         elif args.command == "report":
             _report(args)
         elif args.command == "bench":
