@@ -31,10 +31,11 @@ def serve(source: str | Path, host: str = "127.0.0.1", port: int = 8000, data_di
         if not _loopback(bound_host):
             print(f"note: {bound_host} is reachable from other machines, and the app has no login", flush=True)
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listening])
-    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl+C, then raises it again: stopping is the normal end
-        print("stopped", flush=True)
+    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl+C, then raises it again: the normal way to stop
+        pass
     finally:
         listening.close()
+    print("stopped", flush=True)
 
 
 def _bind(host: str, port: int) -> socket.socket:
