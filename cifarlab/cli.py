@@ -214,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
     audit.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto; fold runs: the run's)")
 
+    serve = commands.add_parser("serve", help="a local web page and JSON API: upload an image, see the top-5 classes, "
+                                             "Grad-CAM and the model card")  # fmt: skip
+    serve.add_argument("source", metavar="RUN|INT8_DIR|FILE.onnx", help="a run, a `cifarlab quantize` folder or an exported file")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every network)")
+    serve.add_argument("--port", type=int, default=8000, help="default: 8000; 0 takes any free port")
+    serve.add_argument("--data-dir", help="where the run's dataset is now, if it moved (for the test images to pick)")
+    serve.add_argument("--device", default="auto")
+
     report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, errors, Grad-CAM, calibration")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
@@ -462,6 +471,11 @@ def _labels(args) -> None:
         print(f"  {rank:>4} {i:>6}  {found.classes[g]:<12} {found.classes[s]:<12} {q:.4f}")
     print(f"written: {table}" + (f", {picture}" if picture else ""))
 
+def _serve(args) -> None:
+    from .serve import serve
+
+    serve(args.source, args.host, args.port, args.data_dir, args.device)
+
 
 def _report(args) -> None:
     from .viz.report import write_report
@@ -507,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
             _active(args)
         elif args.command == "labels":
             _labels(args)
+
+        elif args.command == "serve":
+            _serve(args)
         elif args.command == "report":
             _report(args)
         elif args.command == "bench":

@@ -23,13 +23,12 @@ import torch
 
 from ..data import make_splits
 from ..engine.checkpoint import Checkpoint, load_checkpoint
-from ..engine.inference import checkpoint_loader, evaluate
-from ..engine.metrics import read_result
+from ..engine.inference import checkpoint_loader, evaluate, input_size
+from ..engine.metrics import read_tested
 from ..engine.onnx_model import OnnxModel
 from ..engine.runtime import hardware
 from ..errors import CifarlabError
-from ..fileio import read_json
-from ..models import create_model, model_stats
+from ..models import ModelStats, create_model, model_stats
 from .sparsity import sparsity
 
 BATCH, ROUNDS, WARMUP = 256, 4, 5
@@ -84,16 +83,11 @@ def _variant(path: Path, label: str, data_dir: str | None) -> _Variant:
 def _tested(path: Path, data_dir: str | None) -> tuple[Checkpoint, dict]:
     """The model a folder was tested with and that test's metrics; a file or checkpoint
     folder without a test is tested here, once, as its run was (the run's TTA)."""
-    if path.is_dir() and (path / "model.onnx").is_file() and (path / "eval.json").is_file():  # cifarlab quantize
-        result = read_json(path / "eval.json", "test results")
-        if not isinstance(result, dict) or not isinstance(result.get("accuracy"), float):
-            raise CifarlabError(f"'{path / 'eval.json'}' is not a cifarlab eval.json (no accuracy)")
-        return load_checkpoint(path), result
-    if path.is_dir() and (path / "eval.json").is_file():  # a run
-        result = read_result(path)
-        return load_checkpoint(path / "checkpoints" / result["checkpoint"]), result
-    checkpoint = load_checkpoint(path)
-    return checkpoint, evaluate(path, "test", checkpoint.config().train.tta, data_dir, "cpu")
+    where, result = read_tested(path)
+    checkpoint = load_checkpoint(where)
+    if result is None:
+        result = evaluate(path, "test", checkpoint.config().train.tta, data_dir, "cpu")
+    return checkpoint, result
 
 
 @torch.no_grad()
@@ -125,11 +119,7 @@ def _row(variant: _Variant, latencies: list[float], images_per_s: float) -> dict
     meta = variant.checkpoint.meta
     model = variant.checkpoint.model
     onnx = isinstance(model, OnnxModel)
-    size = variant.checkpoint.config().data.image_size
-    with torch.device("meta"):
-        architecture = create_model(meta["model"], len(meta["classes"]), meta.get("model_resized"),
-                                    **meta.get("model_options", {}))  # fmt: skip
-    stats = model_stats(architecture, size)
+    stats = architecture_stats(variant.checkpoint)
     file = model.path if onnx else variant.checkpoint.path / "model.safetensors"
     ms = np.asarray(latencies) * 1000
     return {
@@ -149,6 +139,16 @@ def _row(variant: _Variant, latencies: list[float], images_per_s: float) -> dict
         "test_accuracy": variant.result["accuracy"],
         "tta": variant.result.get("tta", "none"),
     }
+
+
+def architecture_stats(checkpoint: Checkpoint) -> ModelStats:
+    """Parameters and FLOPs of the float architecture of a checkpoint (an int8 or exported
+    model's too: its meta.json names the net it was made from), on its image size."""
+    meta = checkpoint.meta
+    with torch.device("meta"):
+        architecture = create_model(meta["model"], len(meta["classes"]), meta.get("model_resized"),
+                                    **meta.get("model_options", {}))  # fmt: skip
+    return model_stats(architecture, input_size(checkpoint))
 
 
 def _onnxruntime_version() -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -27,10 +28,20 @@ SPLITS = ("train", "val", "test")
 _UNREADABLE = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
 
 
-def decode_image(path: str | Path, size: int) -> torch.Tensor:
-    """An image file as uint8 (3, size, size): RGB, squashed to a square with antialiasing.
-    Raises Pillow's errors for a file it cannot decode."""
-    with Image.open(path) as image:
+def decode_image(file: str | Path | BinaryIO, size: int, max_pixels: int | None = None,
+                 formats: tuple[str, ...] | None = None) -> torch.Tensor:  # fmt: skip
+    """An image file (a path or an open binary file) as uint8 (3, size, size): RGB, squashed to
+    a square with antialiasing. Raises Pillow's errors for a file it cannot decode, among them
+    DecompressionBombError for one of more than `max_pixels` pixels (read from its header,
+    before anything is decoded: Pillow itself only refuses twice its own limit and warns
+    below that). `formats`: the only Pillow formats tried (an upload from strangers should
+    not reach, say, the EPS reader, which runs Ghostscript)."""
+    with Image.open(file, formats=formats) as image:
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise Image.DecompressionBombError(
+                f"{image.width}×{image.height} = {image.width * image.height:,} pixels is more than the "
+                f"{max_pixels:,} allowed"
+            )
         image.draft("RGB", (size, size))  # JPEG: let the decoder shrink large photos first
         image = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)

@@ -63,15 +63,31 @@ def classify_images(source: str | Path, paths: list[str | Path], top_k: int = 5,
     fitted temperature, unless `raw`."""
     dev = select_device(device)
     checkpoint = load_checkpoint(source, dev)
-    size = checkpoint.config().data.image_size
-    images = torch.stack([read_image(p, size) for p in paths])
+    images = torch.stack([read_image(p, input_size(checkpoint)) for p in paths])
+    probabilities = class_probabilities(checkpoint, image_loader(checkpoint, images, dev), raw)
+    return [top_classes(row, checkpoint.classes, top_k) for row in probabilities]
+
+
+def input_size(checkpoint: Checkpoint) -> int:
+    """The side of the square images the checkpoint's model was trained on: files of any size are resized to it."""
+    return checkpoint.config().data.image_size
+
+
+def image_loader(checkpoint: Checkpoint, images: torch.Tensor, device: torch.device) -> DeviceLoader:
+    """uint8 images (N, 3, S, S) fed to the checkpoint's model normalized as its training images were."""
     data = ImageSet(images, torch.zeros(len(images), dtype=torch.long), checkpoint.classes)
-    loader = DeviceLoader(data, 256, checkpoint.mean, checkpoint.std, device=dev, channels_last=False)
+    return DeviceLoader(data, 256, checkpoint.mean, checkpoint.std, device=device, channels_last=False)
+
+
+def class_probabilities(checkpoint: Checkpoint, loader: DeviceLoader, raw: bool = False) -> torch.Tensor:
+    """(N, classes) probabilities of the loader's images (no TTA, as `cifarlab predict`), in
+    float64 as calibration computes them, so each row sums to 1 within rounding; calibrated
+    with the checkpoint's fitted temperature unless `raw` or none was fitted."""
     logits, _ = predict(checkpoint.model, loader)
-    probabilities = calibrated(finite(logits, source), None if raw else checkpoint.temperature).float()
-    k = min(top_k, len(checkpoint.classes))
-    top = probabilities.topk(k, dim=1)
-    return [
-        [(checkpoint.classes[i], p) for p, i in zip(values.tolist(), indices.tolist())]
-        for values, indices in zip(top.values, top.indices)
-    ]
+    return calibrated(finite(logits, checkpoint.path), None if raw else checkpoint.temperature)
+
+
+def top_classes(probabilities: torch.Tensor, classes: list[str], k: int) -> list[tuple[str, float]]:
+    """The k most probable (class, probability) pairs of one image's probabilities, most probable first."""
+    top = probabilities.topk(min(k, len(classes)))
+    return [(classes[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]

@@ -174,3 +174,19 @@ def read_result(run_dir: str | Path) -> dict:
     if result["checkpoint"] not in ("best", "last"):
         raise CifarlabError(f"'{path}' names an unknown checkpoint {result['checkpoint']!r} (expected best or last)")
     return result
+
+
+def read_tested(path: str | Path) -> tuple[Path, dict | None]:
+    """Where the model that a run, a `cifarlab quantize` folder or a model file was tested with
+    is, and that test's metrics; None for what has no test yet (an exported file, a checkpoint
+    folder, an unfinished run), whose model is found as `load_checkpoint` finds it."""
+    path = Path(path)
+    if path.is_dir() and (path / "model.onnx").is_file() and (path / "eval.json").is_file():  # cifarlab quantize
+        result = read_json(path / "eval.json", "test results")
+        if not isinstance(result, dict) or not isinstance(result.get("accuracy"), float):
+            raise CifarlabError(f"'{path / 'eval.json'}' is not a cifarlab eval.json (no accuracy)")
+        return path, result
+    if path.is_dir() and (path / "eval.json").is_file():  # a run
+        result = read_result(path)
+        return path / "checkpoints" / result["checkpoint"], result
+    return path, None

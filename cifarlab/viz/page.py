@@ -14,8 +14,9 @@ from pathlib import Path
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-def render(template: str, **fields: str) -> str:
-    """Fill templates/<template>; every `$name` in it must be given."""
+def render(template: str | Path, **fields: str) -> str:
+    """Fill templates/<template>, or the template at an absolute path (another package's page
+    in the same style: `/` keeps an absolute right side); every `$name` in it must be given."""
     page = string.Template((TEMPLATES / template).read_text())
     return page.substitute(style=(TEMPLATES / "style.css").read_text(), **fields)
 

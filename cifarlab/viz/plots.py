@@ -21,6 +21,7 @@ from ..fileio import atomic_path
 from ..engine.calibration import Reliability
 
 DPI = 100
+OVERLAY_ALPHA = 0.45  # enough heat to read, enough image to see what it covers
 
 
 def save_png(figure: Figure, path: Path) -> Path:
@@ -132,6 +133,14 @@ def image_grid(images: torch.Tensor, titles: list[str], colors: list[str], colum
     return figure
 
 
+def overlay(image: torch.Tensor, heat: torch.Tensor) -> np.ndarray:
+    """A uint8 (3, H, W) image with its (H, W) saliency map in [0, 1] laid over it in the jet
+    colours (red: most evidence), as uint8 (H, W, 3): the report's grid and `cifarlab serve`."""
+    colours = colormaps["jet"](heat.numpy())[..., :3]
+    pixels = image.permute(1, 2, 0).numpy() / 255
+    return np.round(255 * ((1 - OVERLAY_ALPHA) * pixels + OVERLAY_ALPHA * colours)).astype(np.uint8)
+
+
 def saliency_grid(images: torch.Tensor, maps: torch.Tensor, titles: list[str]) -> Figure:
     """Each image above its Grad-CAM overlay."""
     columns = len(images)
@@ -141,8 +150,7 @@ def saliency_grid(images: torch.Tensor, maps: torch.Tensor, titles: list[str]) -
         top, bottom = axes[0, col], axes[1, col]
         top.imshow(_as_image(image), interpolation="nearest")
         top.set_title(title, fontsize=7)
-        bottom.imshow(_as_image(image), interpolation="nearest")
-        bottom.imshow(heat.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        bottom.imshow(overlay(image, heat), interpolation="nearest")
         top.axis("off")
         bottom.axis("off")
     return figure

@@ -43,7 +43,7 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, device: str =
     run_dir = Path(run_dir)
     result = read_result(run_dir)
     records = read_records(run_dir)
-    bench = _read_bench(run_dir)
+    bench = read_bench(run_dir)
     robust = _read_robustness(run_dir)
     dev = select_device(device)
     checkpoint = load_checkpoint(run_dir / "checkpoints" / result["checkpoint"], dev)
@@ -251,7 +251,7 @@ BENCH_KEYS = {"label", "runtime", "precision", "params", "macs", "file_bytes", "
               "images_per_s", "speedup_throughput", "test_accuracy"}  # fmt: skip
 
 
-def _read_bench(run_dir: Path) -> dict | None:
+def read_bench(run_dir: Path) -> dict | None:
     """The run's bench.json (`cifarlab bench RUN ...`), checked before anything is written."""
     def valid(table) -> bool:
         rows = table.get("rows") if isinstance(table, dict) else None
