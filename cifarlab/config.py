@@ -63,6 +63,11 @@ class AugmentConfig:
     random_erasing: float = 0.0  # probability per image of zeroing a random rectangle (Zhong et al. 2020); 0 = off
     mixup_alpha: float = 0.0  # Mixup: blend with a partner image by λ ~ Beta(α, α), soft targets; 0 = off
     cutmix_alpha: float = 0.0  # CutMix: paste a box of (1-λ) of a partner image; with Mixup, half the images each
+    augmix_width: int = 3  # AugMix: chains of ops mixed per image
+    augmix_depth: int = 3  # AugMix: each chain has 1 to this many ops
+    augmix_severity: int = 3  # AugMix: op magnitudes from the lowest this many of torchvision's 10 bins
+    augmix_alpha: float = 1.0  # AugMix: Dirichlet(α) weights of the chains, Beta(α, α) weight against the original
+    noise_sigma: float = 0.0  # Gaussian pixel noise (of [0, 1] images), σ uniform in [0, this] per image; 0 = off
 
 
 @dataclass
@@ -197,7 +202,8 @@ _NON_NEGATIVE = (
     "optim.lookahead_every", "optim.lookahead_start_epoch", "finetune.unfreeze_every",
 )  # fmt: skip
 _POSITIVE = ("data.train_subset", "data.labels_per_class", "data.image_size", "train.epochs", "train.batch_size",
-             "train.eval_batch_size", "train.log_every", "finetune.input_size", "augment.randaugment_ops")  # fmt: skip
+             "train.eval_batch_size", "train.log_every", "finetune.input_size", "augment.randaugment_ops",
+             "augment.augmix_width", "augment.augmix_depth", "augment.augmix_alpha")  # fmt: skip
 
 
 def validate(config: Config) -> Config:
@@ -216,7 +222,8 @@ def validate(config: Config) -> Config:
                        ("optim.lookahead_decay", 1.0)):  # fmt: skip
         if not 0 <= flat[key] < limit:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [0, {limit})")
-    for key, low, high in (("augment.random_erasing", 0, 1), ("augment.randaugment_magnitude", 0, 30)):
+    for key, low, high in (("augment.random_erasing", 0, 1), ("augment.randaugment_magnitude", 0, 30),
+                           ("augment.augmix_severity", 1, 10), ("augment.noise_sigma", 0, 1)):  # fmt: skip
         if not low <= flat[key] <= high:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [{low}, {high}]")
     for key in ("data.mean", "data.std"):
