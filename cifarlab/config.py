@@ -95,7 +95,7 @@ class OptimConfig:
     per_1024: bool = False  # lr and weight_decay are per 1024 examples (scale with batch); wd decoupled from lr
     groups: dict = field(default_factory=dict)  # per-role overrides, e.g. {head: {lr: 2.0}, filters: {optimizer: muon}}
     label_smoothing: float = 0.0
-    jsd_weight: float = 0.0  # AugMix's Jensen-Shannon consistency of the clean image and 2 AugMix views (paper: 12); 0 = off
+    jsd_weight: float = 0.0  # AugMix's Jensen-Shannon loss over the clean image + 2 AugMix views (paper: 12); 0 = off
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
     ema_decay: float = 0.0  # exponential moving average of weights for evaluation, per step; 0 = off
     lookahead_every: int = 0  # airbench lookahead: average weights every N steps and copy back; 0 = off
@@ -139,7 +139,7 @@ class TrainConfig:
     tensorboard: bool = False  # log scalars and a few images live to <out>/tensorboard (`tensorboard --logdir runs`)
     report: bool = True  # write <out>/report.html after the final test (`cifarlab report` writes it later)
     calibrate: bool = True  # before the final test, fit a temperature on data.calib_size's images, else on val (if any)
-    adversarial: AdversarialMethod = "none"  # train on L∞ adversarial images: fgsm (random start, Wong et al. 2020) | pgd (Madry)
+    adversarial: AdversarialMethod = "none"  # train on L∞ adversarial images: fgsm (random start, Wong et al.) | pgd
     adversarial_eps: float = 8 / 255  # L∞ radius in pixels of [0, 1] images
     adversarial_alpha: float | None = None  # step size; None: fgsm 1.25·eps (Wong et al.), pgd eps/4
     adversarial_steps: int = 10  # pgd: steps per batch (fgsm: always 1)
@@ -256,8 +256,8 @@ def _validate_jsd(config: Config) -> None:
         return
     a = config.augment
     if a.policy != "augmix":
-        raise CifarlabError(f"optim.jsd_weight={config.optim.jsd_weight} needs augment.policy=augmix "
-                            f"(its views are AugMix views); set augment.policy=augmix or optim.jsd_weight=0")  # fmt: skip
+        raise CifarlabError(f"optim.jsd_weight={config.optim.jsd_weight} needs augment.policy=augmix (its views "
+                            f"are AugMix views); set augment.policy=augmix or optim.jsd_weight=0")  # fmt: skip
     if a.mixup_alpha or a.cutmix_alpha:
         raise CifarlabError("optim.jsd_weight is not used with Mixup or CutMix (the views must be of the same image); "
                             "set augment.mixup_alpha=0 and augment.cutmix_alpha=0, or optim.jsd_weight=0")  # fmt: skip

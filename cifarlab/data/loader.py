@@ -15,8 +15,8 @@ import torch
 
 from ..config import AugmentConfig
 from .augment import (
-    AugmentParams, add_noise, crop_flip, cutout, draw_erasing, draw_params, erase, keyed_generator, keyed_numpy_generator,
-    normalize,
+    AugmentParams, add_noise, crop_flip, cutout, draw_erasing, draw_params, erase, keyed_generator,
+    keyed_numpy_generator, normalize,
 )  # fmt: skip
 from .datasets import ImageSet
 from .mixing import draw_mixing, mix

@@ -50,5 +50,5 @@ class Adversary:
     def __call__(self, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         mean, std = self.model.mean, self.model.std
         pixels = (x * std + mean).clamp(0, 1)
-        adversarial = perturb(self.model, pixels, y, self.attack, keyed_generator(self.seed, _START_STREAM, step, self.rank))
-        return (adversarial - mean) / std
+        starts = keyed_generator(self.seed, _START_STREAM, step, self.rank)
+        return (perturb(self.model, pixels, y, self.attack, starts) - mean) / std
