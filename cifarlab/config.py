@@ -36,6 +36,7 @@ TTA = Literal["none", "flip", "flip-translate"]
 Strategy = Literal["linear", "full", "gradual"]
 QuantBackend = Literal["onnxruntime", "pt2e"]
 ActiveStrategy = Literal["random", "entropy", "margin", "coreset"]  # labels/strategies.py says what each picks
+AdversarialMethod = Literal["none", "fgsm", "pgd"]
 
 
 @dataclass
@@ -65,6 +66,11 @@ class AugmentConfig:
     random_erasing: float = 0.0  # probability per image of zeroing a random rectangle (Zhong et al. 2020); 0 = off
     mixup_alpha: float = 0.0  # Mixup: blend with a partner image by λ ~ Beta(α, α), soft targets; 0 = off
     cutmix_alpha: float = 0.0  # CutMix: paste a box of (1-λ) of a partner image; with Mixup, half the images each
+    augmix_width: int = 3  # AugMix: chains of ops mixed per image
+    augmix_depth: int = 3  # AugMix: each chain has 1 to this many ops
+    augmix_severity: int = 3  # AugMix: op magnitudes from the lowest this many of torchvision's 10 bins
+    augmix_alpha: float = 1.0  # AugMix: Dirichlet(α) weights of the chains, Beta(α, α) weight against the original
+    noise_sigma: float = 0.0  # Gaussian pixel noise (of [0, 1] images), σ uniform in [0, this] per image; 0 = off
 
 
 @dataclass
@@ -91,6 +97,7 @@ class OptimConfig:
     per_1024: bool = False  # lr and weight_decay are per 1024 examples (scale with batch); wd decoupled from lr
     groups: dict = field(default_factory=dict)  # per-role overrides, e.g. {head: {lr: 2.0}, filters: {optimizer: muon}}
     label_smoothing: float = 0.0
+    jsd_weight: float = 0.0  # AugMix's Jensen-Shannon loss over the clean image + 2 AugMix views (paper: 12); 0 = off
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
     ema_decay: float = 0.0  # exponential moving average of weights for evaluation, per step; 0 = off
     lookahead_every: int = 0  # airbench lookahead: average weights every N steps and copy back; 0 = off
@@ -134,6 +141,10 @@ class TrainConfig:
     tensorboard: bool = False  # log scalars and a few images live to <out>/tensorboard (`tensorboard --logdir runs`)
     report: bool = True  # write <out>/report.html after the final test (`cifarlab report` writes it later)
     calibrate: bool = True  # before the final test, fit a temperature on data.calib_size's images, else on val (if any)
+    adversarial: AdversarialMethod = "none"  # train on L∞ adversarial images: fgsm (random start, Wong et al.) | pgd
+    adversarial_eps: float = 8 / 255  # L∞ radius in pixels of [0, 1] images
+    adversarial_alpha: float | None = None  # step size; None: fgsm 1.25·eps (Wong et al.), pgd eps/4
+    adversarial_steps: int = 10  # pgd: steps per batch (fgsm: always 1)
 
 
 @dataclass
@@ -223,10 +234,12 @@ _NON_NEGATIVE = (
     "data.val_size", "data.calib_size", "augment.translate", "augment.cutout", "augment.mixup_alpha",
     "augment.cutmix_alpha", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.warmup_epochs", "optim.gamma",
     "optim.final_lr_factor", "optim.grad_clip", "train.threads", "train.checkpoint_every", "train.checkpoint_epochs",
-    "optim.lookahead_every", "optim.lookahead_start_epoch", "finetune.unfreeze_every",
+    "optim.lookahead_every", "optim.lookahead_start_epoch", "finetune.unfreeze_every", "optim.jsd_weight",
 )  # fmt: skip
 _POSITIVE = ("data.train_subset", "data.labels_per_class", "data.image_size", "train.epochs", "train.batch_size",
-             "train.eval_batch_size", "train.log_every", "finetune.input_size", "augment.randaugment_ops")  # fmt: skip
+             "train.eval_batch_size", "train.log_every", "finetune.input_size", "augment.randaugment_ops",
+             "augment.augmix_width", "augment.augmix_depth", "augment.augmix_alpha", "train.adversarial_alpha",
+             "train.adversarial_steps")  # fmt: skip
 
 
 def validate(config: Config) -> Config:
@@ -245,12 +258,17 @@ def validate(config: Config) -> Config:
                        ("optim.lookahead_decay", 1.0)):  # fmt: skip
         if not 0 <= flat[key] < limit:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [0, {limit})")
-    for key, low, high in (("augment.random_erasing", 0, 1), ("augment.randaugment_magnitude", 0, 30)):
+    for key, low, high in (("augment.random_erasing", 0, 1), ("augment.randaugment_magnitude", 0, 30),
+                           ("augment.augmix_severity", 1, 10), ("augment.noise_sigma", 0, 1)):  # fmt: skip
         if not low <= flat[key] <= high:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [{low}, {high}]")
     for key in ("data.mean", "data.std"):
         if flat[key] is not None and (len(flat[key]) != 3 or (key == "data.std" and min(flat[key]) <= 0)):
             raise CifarlabError(f"{key} must be three numbers (one per RGB channel){', all > 0' * (key == 'data.std')}")
+    if not 0 < flat["train.adversarial_eps"] <= 1:
+        raise CifarlabError(f"train.adversarial_eps={flat['train.adversarial_eps']} is out of range; it must be > 0 "
+                            f"and at most 1 (pixel range [0, 1]; 8/255 = 0.0314)")  # fmt: skip
+    _validate_jsd(config)
     if not 0 < flat["finetune.layer_decay"] <= 1:
         raise CifarlabError(f"finetune.layer_decay={flat['finetune.layer_decay']} is out of range; it must be in (0, 1]")
     _validate_dataset(config.data)
@@ -258,6 +276,23 @@ def validate(config: Config) -> Config:
     if config.train.device not in ("auto", "cpu", "cuda") and not config.train.device.startswith("cuda:"):
         raise CifarlabError(f"train.device={config.train.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
     return config
+
+
+def _validate_jsd(config: Config) -> None:
+    """The consistency loss compares a clean view with two AugMix views of the same images,
+    so it needs the AugMix policy and no partner images or adversarial images replacing them."""
+    if not config.optim.jsd_weight:
+        return
+    a = config.augment
+    if a.policy != "augmix":
+        raise CifarlabError(f"optim.jsd_weight={config.optim.jsd_weight} needs augment.policy=augmix (its views "
+                            f"are AugMix views); set augment.policy=augmix or optim.jsd_weight=0")  # fmt: skip
+    if a.mixup_alpha or a.cutmix_alpha:
+        raise CifarlabError("optim.jsd_weight is not used with Mixup or CutMix (the views must be of the same image); "
+                            "set augment.mixup_alpha=0 and augment.cutmix_alpha=0, or optim.jsd_weight=0")  # fmt: skip
+    if config.train.adversarial != "none":
+        raise CifarlabError(f"choose one of optim.jsd_weight and train.adversarial={config.train.adversarial}, "
+                            f"not both")  # fmt: skip
 
 
 def choices(key: str) -> tuple[str, ...]:

@@ -456,8 +456,9 @@ def _loaders(config: Config, splits: Splits, device: torch.device) -> Loaders:
     if c.batch_size > len(splits.train):
         raise CifarlabError(f"train.batch_size={c.batch_size} is larger than the {len(splits.train)} training images")
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=c.channels_last)
+    views = 3 if config.optim.jsd_weight else 1  # the JSD loss: the clean images and two AugMix views
     train = DeviceLoader(splits.train, c.batch_size, augment=config.augment, shuffle=True, drop_last=True, seed=c.seed,
-                         rank=distributed.rank(), world_size=world, **common)  # fmt: skip
+                         rank=distributed.rank(), world_size=world, views=views, **common)  # fmt: skip
     val = DeviceLoader(distributed.shard(splits.val), c.eval_batch_size, **common) if splits.val else None
     test = DeviceLoader(distributed.shard(splits.test), c.eval_batch_size, **common)
     held_out = splits.calibration_split() if c.calibrate else None

@@ -71,7 +71,7 @@ def test_every_op_equals_torchvision_image_by_image(op, interpolation):
 
 @pytest.mark.parametrize("name", ["autoaugment", "randaugment", "trivialaugment"])
 def test_policy_applies_its_plan_as_torchvision_would_image_by_image(name):
-    policy = make_policy(name)
+    policy = make_policy(AugmentConfig(policy=name))
     images = photos(24)
     plan = policy.draw(24, torch.Generator().manual_seed(1))
     out = policy.apply(images, plan)
@@ -167,7 +167,7 @@ def test_dtype_and_value_range_are_kept(name):
     assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
     assert x.is_contiguous(memory_format=torch.channels_last)
     if name in POLICIES:  # the policy itself works on uint8 images and returns them
-        policy = make_policy(name)
+        policy = make_policy(AugmentConfig(policy=name))
         plan = policy.draw(8, torch.Generator().manual_seed(0))
         out = policy.apply(photos(8), plan)
         assert out.dtype == torch.uint8 and out.shape == (8, 3, 32, 32)

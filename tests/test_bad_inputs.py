@@ -265,6 +265,16 @@ CASES = {
     "robustness-limit-0": (lambda t, r: ["robustness", checkpoint(t), "--limit", "0"], "--limit=0 is out of range"),
     "robustness-limit-too-large": (lambda t, r: ["robustness", write_run_checkpoint(t / "ckpt", r), "--limit", "500"],
                                    "--limit=500 is more than the 200 test images"),
+    # robust training
+    "adversarial-eps-0": (lambda t, r: [*TRAIN, "--set", "train.adversarial_eps=0"],
+                          "train.adversarial_eps=0.0 is out of range; it must be > 0"),
+    "adversarial-unknown": (lambda t, r: [*TRAIN, "--set", "train.adversarial=cw"],
+                            "train.adversarial='cw' is not allowed; choose one of: none, fgsm, pgd"),
+    "noise-sigma-negative": (lambda t, r: [*TRAIN, "--set", "augment.noise_sigma=-0.1"],
+                             "augment.noise_sigma=-0.1 is out of range; it must be in [0, 1]"),
+    "jsd-weight-negative": (lambda t, r: [*TRAIN, "--set", "optim.jsd_weight=-1"],
+                            "optim.jsd_weight=-1.0 is out of range; it must be >= 0"),
+    "jsd-without-augmix": (lambda t, r: [*TRAIN, "--set", "optim.jsd_weight=12"], "needs augment.policy=augmix"),
     "folder-empty-class": (lambda t, r: [*TRAIN, "--dataset", f"folder:{image_folder(t)}", "--out", "run"],
                            "bird hold no readable image"),
 }

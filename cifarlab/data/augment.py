@@ -17,10 +17,14 @@ import numpy as np
 import torch
 
 
-def keyed_generator(*key: int) -> torch.Generator:
-    """A CPU generator whose stream depends on all of `key` (e.g. seed, epoch), well mixed."""
-    seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(seed)
+def keyed_seed(*key: int) -> int:
+    """A 64-bit seed that depends on all of `key` (e.g. seed, epoch), well mixed."""
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, dtype=np.uint64)[0])
+
+
+def keyed_generator(*key: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator whose stream depends on all of `key`; on the CPU unless `device` is given."""
+    return torch.Generator(device=device).manual_seed(keyed_seed(*key))
 
 
 def keyed_numpy_generator(*key: int) -> np.random.Generator:
@@ -38,11 +42,12 @@ class AugmentParams:
     flip: torch.Tensor  # bool: mirror left-right
     cut_x: torch.Tensor  # cutout square centre (ignored when cutout is 0)
     cut_y: torch.Tensor
-    policy: torch.Tensor | None = None  # (n, k) the policy's plan per image (policies.py)
+    policy: torch.Tensor | None = None  # (n, views, k) the policy's plan per image and augmented view (policies.py)
     erase: torch.Tensor | None = None  # (n, 4) erased box: top, left, height, width (height 0: none)
     partner: torch.Tensor | None = None  # Mixup/CutMix partner: another position of the epoch
     mix_weight: torch.Tensor | None = None  # blend weight of the image itself outside mix_box
     mix_box: torch.Tensor | None = None  # (n, 4) box pasted from the partner (CutMix)
+    noise_sigma: torch.Tensor | None = None  # (n, views) std of the Gaussian pixel noise per image and augmented view
 
     def __getitem__(self, index) -> "AugmentParams":
         return AugmentParams(*(None if t is None else t[index] for t in self.__dict__.values()))
@@ -145,6 +150,14 @@ def draw_erasing(n: int, probability: float, generator: torch.Generator, image_s
 def erase(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Zero each image's box; after normalization, as torchvision's RandomErasing(value=0)."""
     return x * ~box_mask(boxes, *x.shape[-2:])[:, None]
+
+
+def add_noise(x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, mean: torch.Tensor,
+              std: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Gaussian noise `sigma[i]`·`noise` (σ in pixels of [0, 1] images) on normalized images,
+    clipped to the pixel range as a noisy photo is: CIFAR-10-C's gaussian_noise on the fly."""
+    low, high = (-mean / std).view(1, -1, 1, 1), ((1 - mean) / std).view(1, -1, 1, 1)
+    return torch.clamp(x + sigma.view(-1, 1, 1, 1) * noise / std.view(1, -1, 1, 1), low, high)
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ import torch
 
 from ..config import AugmentConfig
 from .augment import (
-    AugmentParams, crop_flip, cutout, draw_erasing, draw_params, erase, keyed_generator, keyed_numpy_generator, normalize,
+    AugmentParams, add_noise, crop_flip, cutout, draw_erasing, draw_params, erase, keyed_generator,
+    keyed_numpy_generator, normalize,
 )  # fmt: skip
 from .datasets import ImageSet
 from .mixing import draw_mixing, mix
@@ -23,12 +24,14 @@ from .policies import make_policy
 
 # Stream ids mixed into the (seed, ...) keys, so each random use has its own stream (turning
 # one augmentation on does not change the draws of another).
-_EPOCH_STREAM, _FLIP_STREAM, _POLICY_STREAM, _ERASE_STREAM, _MIX_STREAM = 1, 2, 3, 4, 5
+_EPOCH_STREAM, _FLIP_STREAM, _POLICY_STREAM, _ERASE_STREAM, _MIX_STREAM, _NOISE_STREAM = 1, 2, 3, 4, 5, 6
 
 
 class DeviceLoader:
     """Yields normalized float batches (x, y) on `device`; y holds class indices, or soft
-    targets (B, classes) when Mixup or CutMix is on.
+    targets (B, classes) when Mixup or CutMix is on. With `views` = k > 1, x holds the batch's
+    images k times, (k·B, C, H, W): first clean (crop and flip only), then k − 1 augmented
+    views, each with its own policy and noise draws (AugMix's consistency loss compares them).
 
     An epoch's order and augmentation depend only on (seed, epoch): `epoch(e, start_batch=k)`
     resumes exactly where an interrupted run left off. With world_size > 1 each rank takes
@@ -51,6 +54,7 @@ class DeviceLoader:
         channels_last: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        views: int = 1,
     ):
         """`augment` is the run's augment section, taken whole so that a new augmentation
         touches only the config and this class; None (evaluation) augments nothing."""
@@ -60,7 +64,7 @@ class DeviceLoader:
         self.labels = data.labels.to(device)
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
         self.augment = augment = augment or AugmentConfig(translate=0, flip="none")
-        self.policy = make_policy(augment.policy, augment.randaugment_ops, augment.randaugment_magnitude)
+        self.policy = make_policy(augment)
         self.channels_last, self.rank, self.world_size = channels_last, rank, world_size
         self.num_classes = len(data.classes)
         self.mean = torch.tensor(mean, device=device)
@@ -68,9 +72,12 @@ class DeviceLoader:
         n = len(self.labels)
         self.flip_base = torch.rand(n, generator=keyed_generator(seed, _FLIP_STREAM)) < 0.5
         self.mixes = augment.mixup_alpha > 0 or augment.cutmix_alpha > 0
+        if views > 1 and self.mixes:
+            raise ValueError("several views of a batch need the same images: Mixup and CutMix change them")
+        self.views, self.augmented_views = views, max(views - 1, 1)
         self.augments = (
             augment.translate > 0 or augment.flip != "none" or augment.cutout > 0 or self.policy is not None
-            or augment.random_erasing > 0 or self.mixes
+            or augment.random_erasing > 0 or self.mixes or augment.noise_sigma > 0
         )  # fmt: skip
 
     def __len__(self) -> int:
@@ -88,13 +95,17 @@ class DeviceLoader:
         a = self.augment
         params = draw_params(n, a.translate, a.flip, generator, self.flip_base[order], epoch, size)
         if self.policy is not None:
-            params.policy = self.policy.draw(n, keyed_generator(self.seed, _POLICY_STREAM, epoch))
+            plans = keyed_generator(self.seed, _POLICY_STREAM, epoch)
+            params.policy = torch.stack([self.policy.draw(n, plans) for _ in range(self.augmented_views)], 1)
         if a.random_erasing > 0:
             params.erase = draw_erasing(n, a.random_erasing, keyed_generator(self.seed, _ERASE_STREAM, epoch), size)
         if self.mixes:
             rng = keyed_numpy_generator(self.seed, _MIX_STREAM, epoch)
             mixing = draw_mixing(n, a.mixup_alpha, a.cutmix_alpha, rng, size)
             params.partner, params.mix_weight, params.mix_box = mixing
+        if a.noise_sigma > 0:
+            sigmas = keyed_generator(self.seed, _NOISE_STREAM, epoch)
+            params.noise_sigma = torch.rand(n, self.augmented_views, generator=sigmas) * a.noise_sigma
         return order, params
 
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -108,12 +119,18 @@ class DeviceLoader:
             stop = min(start + shard, (b + 1) * self.batch_size, len(order))
             index = order[start:stop]
             batch_params = params[start:stop] if params is not None else None
-            x, y = self._transform(self.images[index], batch_params), self.labels[index]
+            images = self.images[index]
+            x, y = self._transform(images, batch_params), self.labels[index]
             if self.mixes:
                 partner = batch_params.partner
                 partner_x = self._transform(self.images[order[partner]], params[partner])
                 x, y = mix(x, partner_x, y, self.labels[order[partner]], batch_params.mix_weight, batch_params.mix_box,
                            self.num_classes)  # fmt: skip
+            if self.views > 1:
+                more = [self._transform(images, batch_params, view) for view in range(1, self.augmented_views)]
+                x = torch.cat([self._transform(images, batch_params, None), x, *more])
+            if batch_params is not None and batch_params.noise_sigma is not None:
+                x = self._noisy(x, batch_params.noise_sigma, epoch, b, start - b * self.batch_size)
             yield self._layout(x), y
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -122,19 +139,36 @@ class DeviceLoader:
         or Grad-CAM on chosen images."""
         return self._transform(images.to(self.mean.device), None)
 
-    def _transform(self, images: torch.Tensor, params: AugmentParams | None) -> torch.Tensor:
-        """One image per row: crop and flip, the policy (on uint8), normalize, cutout, erasing."""
+    def _transform(self, images: torch.Tensor, params: AugmentParams | None, view: int | None = 0) -> torch.Tensor:
+        """One image per row: crop and flip, the policy (on uint8) with augmented view `view`'s
+        plan, normalize, cutout, erasing; the clean view (`view` None) is crop and flip only."""
         a = self.augment
         if params is not None and (a.translate > 0 or a.flip != "none"):
             images = crop_flip(images, params, a.padding_mode)
-        if params is not None and params.policy is not None:
-            images = self.policy.apply(images, params.policy)
+        if view is None or params is None:
+            return self._layout(normalize(images, self.mean, self.std))
+        if params.policy is not None:
+            images = self.policy.apply(images, params.policy[:, view])
         x = normalize(images, self.mean, self.std)
-        if params is not None and a.cutout > 0:
+        if a.cutout > 0:
             x = cutout(x, params, a.cutout)
-        if params is not None and params.erase is not None:
+        if params.erase is not None:
             x = erase(x, params.erase)
         return self._layout(x)
+
+    def _noisy(self, x: torch.Tensor, sigma: torch.Tensor, epoch: int, batch: int, offset: int) -> torch.Tensor:
+        """x with Gaussian pixel noise on its augmented views (σ per image and view). The noise
+        is drawn on the device for the whole global batch, keyed by (seed, epoch, batch, view),
+        and this rank takes its rows (from `offset`): the same images for any world size."""
+        rows = len(sigma)
+        count = min(self.batch_size, len(self.labels) - batch * self.batch_size)
+        blocks = list(x.split(rows))
+        first = len(blocks) - self.augmented_views  # after the clean view, if there is one
+        for view in range(self.augmented_views):
+            generator = keyed_generator(self.seed, _NOISE_STREAM, epoch, batch, view, device=x.device)
+            noise = torch.randn((count, *x.shape[1:]), generator=generator, device=x.device)[offset : offset + rows]
+            blocks[first + view] = add_noise(blocks[first + view], sigma[:, view], noise, self.mean, self.std)
+        return torch.cat(blocks)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)

@@ -14,9 +14,11 @@ a few dozen batched tensor calls per batch.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchvision import transforms
 
+from ..config import AugmentConfig
 from .image_ops import OPS, apply_ops
 
 
@@ -101,26 +103,26 @@ class TrivialAugmentWide(Policy):
 
 
 class AugMix(Policy):
-    """Three chains of 1–3 ops (severity 3 of 10) per image, averaged with Dirichlet(1, 1, 1)
-    weights, then mixed with the original image by a Beta(1, 1) weight: the paper's defaults.
-    With α = 1 those are normalized exponentials and a uniform, which a seeded torch generator
-    can draw (torch's gamma sampler cannot be seeded per call). As in the paper, the ops leave
-    out brightness, colour, contrast and sharpness, which overlap with the CIFAR-10-C
-    corruptions used to measure robustness. The paper's Jensen-Shannon consistency loss is a
-    training objective, not an augmentation, and is not part of this."""
+    """`width` chains of 1 to `depth` ops each (magnitudes from the lowest `severity` of 10
+    bins) per image, averaged with Dirichlet(α) weights, then mixed with the original image by
+    a Beta(α, α) weight; the defaults (3, 3, 3, α = 1) are the paper's. The Dirichlet and Beta
+    weights come from numpy (torch's gamma sampler takes no generator), seeded from the
+    policy's torch generator. As in the paper, the ops leave out brightness, colour, contrast
+    and sharpness, which overlap with the CIFAR-10-C corruptions used to measure robustness.
+    The Jensen-Shannon consistency loss over two such views is robust/consistency.py's."""
 
     interpolation = "bilinear"  # torchvision's AugMix default
-    chains = depth = severity = 3
 
-    def __init__(self, image_size: int = 32):
+    def __init__(self, width: int = 3, depth: int = 3, severity: int = 3, alpha: float = 1.0, image_size: int = 32):
         space = transforms.AugMix(all_ops=False)._augmentation_space(10, (image_size, image_size))
         self.ops, magnitudes, self.signed = _space(space, 10)
-        self.magnitudes = magnitudes[:, : self.severity]
+        self.magnitudes = magnitudes[:, :severity]
+        self.chains, self.depth, self.severity, self.alpha = width, depth, severity, alpha
 
     def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        original = torch.rand(n, 1, generator=generator)
-        exponential = -torch.log1p(-torch.rand(n, self.chains, generator=generator))
-        weights = exponential / exponential.sum(1, keepdim=True) * (1 - original)
+        rng = np.random.default_rng(int(torch.randint(2**62, (), generator=generator)))
+        original = torch.from_numpy(rng.beta(self.alpha, self.alpha, (n, 1))).float()
+        weights = torch.from_numpy(rng.dirichlet([self.alpha] * self.chains, n)).float() * (1 - original)
         shape = (n, self.chains, self.depth)
         which = torch.randint(len(self.ops), shape, generator=generator)
         level = torch.randint(self.severity, shape, generator=generator)
@@ -138,13 +140,14 @@ class AugMix(Policy):
         return mixed.to(torch.uint8)
 
 
-def make_policy(name: str, randaugment_ops: int = 2, randaugment_magnitude: int = 9) -> Policy | None:
-    """The policy called `name` (a choice of the config's augment.policy); None for "none"."""
+def make_policy(augment: AugmentConfig) -> Policy | None:
+    """The policy `augment.policy` names, with its settings from `augment`; None for "none"."""
+    a = augment
     builders = {
         "none": lambda: None,
         "autoaugment": AutoAugment,
-        "randaugment": lambda: RandAugment(randaugment_ops, randaugment_magnitude),
+        "randaugment": lambda: RandAugment(a.randaugment_ops, a.randaugment_magnitude),
         "trivialaugment": TrivialAugmentWide,
-        "augmix": AugMix,
+        "augmix": lambda: AugMix(a.augmix_width, a.augmix_depth, a.augmix_severity, a.augmix_alpha),
     }
-    return builders[name]()
+    return builders[a.policy]()

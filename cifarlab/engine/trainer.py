@@ -1,7 +1,8 @@
 """The training loop: one readable pass from config to `eval.json`.
 
 Reproducibility contract: a run is a function of its config. Order and augmentation come
-from (seed, epoch) (see data.loader); everything else that changes during training (weights,
+from (seed, epoch) (see data.loader), adversarial random starts from (seed, step) (see
+robust.adversarial); everything else that changes during training (weights,
 optimizer, schedule, EMA, RNG, running sums, position) is saved in `checkpoints/last`, so a
 run killed at any moment and resumed ends with the same weights as one that never stopped
 (bit for bit on CPU with the same threads).
@@ -26,6 +27,8 @@ from ..config import Config
 from ..data import DeviceLoader, Splits
 from ..errors import CifarlabError
 from ..fileio import write_json
+from ..robust.adversarial import Adversary, training_attack
+from ..robust.consistency import jensen_shannon
 from . import distributed
 from .calibration import describe_fit, fit_record
 from .checkpoint import (load_weights_into, read_state, read_weights, recover_checkpoint, save_calibration,
@@ -130,6 +133,9 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         # takes class indices or the loader's Mixup/CutMix soft targets; smoothing mixes either with uniform
         self.criterion = nn.CrossEntropyLoss(label_smoothing=c.optim.label_smoothing)
+        attack = training_attack(c.train)  # crafts each training batch anew (robust/adversarial.py); None: off
+        self.adversary = (Adversary(self.model, attack, splits.mean, splits.std, c.train.seed, distributed.rank())
+                          if attack is not None else None)  # fmt: skip
         self.log = MetricsLog(run_dir / "metrics.jsonl")
 
         # Position and running sums: all of it is saved in `last` and restored on resume.
@@ -172,8 +178,10 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with autocast(self.device, self.config.train.precision):
-            logits = self.forward(x)
-            loss = self.criterion(logits.float(), y)
+            if self.adversary is not None:
+                x = self.adversary(x, y, self.step)
+            logits = self.forward(x)  # all views of the batch together: BatchNorm sees them as one batch
+            loss, logits = self.objective(logits.float(), y)
         loss.backward()
         set_learning_rates(self.optimizers, self.step, self.total_steps, self.steps_per_epoch, self.config.optim)
         if self.config.optim.grad_clip:
@@ -194,6 +202,16 @@ class Trainer:
         self.window_sums += sums
         self.batch += 1
         self.step += 1
+
+    def objective(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-entropy of the batch, or with several views (the loader's clean view, then
+        AugMix views) that of the clean view plus optim.jsd_weight × their Jensen-Shannon
+        divergence; and the logits the training accuracy counts (the clean view's)."""
+        views = logits.unflatten(0, (-1, len(y)))
+        loss = self.criterion(views[0], y)
+        if self.config.optim.jsd_weight:
+            loss = loss + self.config.optim.jsd_weight * jensen_shannon(views)
+        return loss, views[0]
 
     def check_finite(self, weights: bool = False) -> None:
         """Stop on a NaN/inf loss, and (before a checkpoint is saved) on NaN/inf weights, so

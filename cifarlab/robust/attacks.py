@@ -63,8 +63,9 @@ def _project(delta: torch.Tensor, attack: Attack) -> torch.Tensor:
 
 def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack,
             generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
-    """Adversarial images for a batch (model in eval mode, taking [0, 1] images): steepest
-    ascent of the cross-entropy, projected onto the ε-ball around x and onto [0, 1]."""
+    """Adversarial images for a batch (model taking [0, 1] images; eval mode to measure it,
+    train mode to train on them, see adversarial.py): steepest ascent of the cross-entropy,
+    projected onto the ε-ball around x and onto [0, 1]."""
     delta = torch.zeros_like(x)
     if attack.random_start:
         noise = torch.rand(x.shape, generator=generator, device="cpu").to(x) * 2 - 1
