@@ -12,6 +12,9 @@
     cifarlab.export_model(run.dir, "onnx")             # → <run>.onnx, checked on test images
     table, _ = cifarlab.bench([run.dir, int8.dir])     # latency, throughput, size, accuracy side by side
     result, _ = cifarlab.robustness(run.dir)          # CIFAR-10-C and FGSM / PGD: robustness.json
+    found = cifarlab.lr_find(config)                  # the lr range test: found.result.suggestion, found.sets
+
+Sweeps (Optuna, an optional extra): cifarlab.tune.sweep.sweep(SweepSettings(...)).
 """
 
 __version__ = "0.1.0"
@@ -23,6 +26,7 @@ from .errors import CifarlabError  # noqa: E402
 from .models import create_model, list_models, model_stats  # noqa: E402
 from .robust import RobustnessConfig  # noqa: E402
 from .run import active, audit_labels, bench, calibrate, finetune, prune, quantize, robustness, train  # noqa: E402
+from .tune.lr_find import lr_find  # noqa: E402
 
 __all__ = [
     "ActiveConfig",
@@ -44,6 +48,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_model",
+    "lr_find",
     "model_stats",
     "prune",
     "quantize",

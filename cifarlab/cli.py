@@ -228,6 +228,34 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
     report.add_argument("--device", default="auto")
 
+    lr_find = commands.add_parser("lr-find", help="the lr range test: the loss as the lr grows, a plot and a suggested lr")
+    lr_find.add_argument("--recipe", help="named recipe (default: the --model's recipe, else the default recipe)")
+    lr_find.add_argument("--model", help="model name (see `cifarlab models`)")
+    lr_find.add_argument("--config", help="YAML file of settings applied over the recipe")
+    lr_find.add_argument("--start", type=float, default=1e-6, help="first optim.lr of the test (default: 1e-6)")
+    lr_find.add_argument("--end", type=float, default=10.0, help="last optim.lr of the test (default: 10)")
+    lr_find.add_argument("--steps", type=int, default=100, help="training steps, the lr growing exponentially (default: 100)")
+    lr_find.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. train.batch_size=256")
+    lr_find.add_argument("--data-dir")
+    lr_find.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    lr_find.add_argument("--out", metavar="DIR", help="where lr_find.png and lr_find.json go (default: runs/<recipe>-lr-find)")
+
+    sweep = commands.add_parser("sweep", help="hyperparameter search on Optuna: trials as runs, pruned on validation "
+                                              "accuracy, the best tested once")  # fmt: skip
+    sweep.add_argument("--recipe", required=True, help="the recipe every trial starts from")
+    sweep.add_argument("--space", required=True, metavar="SPACE.yaml",
+                       help="config keys and distributions, e.g. cifarlab/recipes/spaces/resnet20.yaml")
+    sweep.add_argument("--trials", type=int, required=True, metavar="N",
+                       help="the size of the study: every process started with the same command takes trials until it holds N")  # fmt: skip
+    sweep.add_argument("--epochs", type=int, metavar="E", help="train.epochs of every trial (default: the recipe's)")
+    sweep.add_argument("--storage", metavar="URL", help="Optuna storage, e.g. sqlite:///sweep.db (default: OUT/study.db)")
+    sweep.add_argument("--study", metavar="NAME", help="study name (default: sweep-<recipe>)")
+    sweep.add_argument("--pruner", default="median", choices=["median", "halving", "none"],
+                       help="stop trials whose validation accuracy lags (default: median)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of every trial")
+    sweep.add_argument("--data-dir")
+    sweep.add_argument("--out", metavar="DIR", help="trials (DIR/trial-NNN) and the summary (default: runs/<study>)")
+
     compare = commands.add_parser("compare", help="overlay runs' curves and tabulate their final metrics (HTML + PNG)")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     compare.add_argument("--out", default="compare.html", metavar="FILE.html", help="default: compare.html")
@@ -490,6 +518,48 @@ def _compare(args) -> None:
     print(f"comparison: {path} (curves: {path.with_suffix('.png')})")
 
 
+def _lr_find(args) -> None:
+    from .config import resolve
+    from .tune.lr_find import lr_find, recipe_lrs
+
+    flags = {"model": {"name": args.model}, "data": {"data_dir": args.data_dir}, "train": {"device": args.device}}
+    flags = {section: {k: v for k, v in values.items() if v is not None} for section, values in flags.items()}
+    found = lr_find(resolve(args.recipe, args.config, flags, args.set), args.start, args.end, args.steps, args.out)
+    result, config = found.result, found.config
+    print(f"lr range test of {config.recipe} ({config.model.name}): {len(result.lrs)} steps of optim.lr from "
+          f"{args.start:g} to {args.end:g}; {result.stop}")
+    own = [key.split(".")[2] for key in recipe_lrs(config) if key != "optim.lr"]
+    if own:
+        print(f"note: in {config.recipe} the {', '.join(own)} group(s) have lrs of their own; the test scaled every "
+              f"group by the same factor as optim.lr, and the suggestion scales them all together")  # fmt: skip
+    if result.suggestion is None:
+        print(f"no suggestion: {result.note}")
+    else:
+        print(f"suggested optim.lr = {found.sets[0].partition('=')[2]} ({found.factor:.3g}× the recipe's {config.optim.lr:g}): "
+              f"{result.note}")
+        print("use it: " + " ".join(f"--set {line}" for line in found.sets))
+    print(f"plot: {found.folder / 'lr_find.png'} (and lr_find.json)")
+
+
+def _sweep(args) -> None:
+    from .tune.summary import format_table, write_summary
+    from .tune.sweep import SweepSettings, sweep
+
+    done = sweep(SweepSettings(args.recipe, args.space, args.trials, args.epochs, args.storage, args.study,
+                               args.pruner, args.out, args.set, args.data_dir))  # fmt: skip
+    with done.locked():
+        rows, numbers, paths = write_summary(done)
+    print(format_table(rows, list(done.space_file)))
+    best, test, running = numbers["best"], numbers["test"], numbers["counts"]["running"]
+    if running:
+        print(f"{running} trial(s) still running (in other processes, or left by one that was killed on another "
+              f"machine): the best is tested once the study is complete; run the same command again then")  # fmt: skip
+    if best is not None:
+        print(f"best: trial {best['trial']}, validation accuracy {best['val_accuracy']:.2%}"
+              + (f"; test accuracy {test['accuracy']:.2%} (tested once)" if test else ""))  # fmt: skip
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -530,11 +600,17 @@ def main(argv: list[str] | None = None) -> int:
             _bench(args)
         elif args.command == "compare":
             _compare(args)
+        elif args.command == "lr-find":
+            _lr_find(args)
+        elif args.command == "sweep":
+            _sweep(args)
     except (CifarlabError, OSError) as e:  # OSError: a write into a bad place, a full disk
         message = describe_os_error(e) if isinstance(e, OSError) else str(e)
         print("error: " + " ".join(message.split()), file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
-        print("interrupted; `cifarlab train ... --resume` continues from checkpoints/last", file=sys.stderr)
+        again = ("run the same command again to continue the study" if args.command == "sweep"
+                 else "`cifarlab train ... --resume` continues from checkpoints/last")  # fmt: skip
+        print(f"interrupted; {again}", file=sys.stderr)
         return 130
     return 0

@@ -421,14 +421,14 @@ def _merged(old: dict, new: dict) -> dict:
     return out
 
 
-def read_yaml(path: str | Path) -> dict:
-    text = read_text(path, "config file")
+def read_yaml(path: str | Path, what: str = "config file") -> dict:
+    text = read_text(path, what)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}: {getattr(e, 'problem', '')})" if mark else ""
-        raise CifarlabError(f"config file '{path}' is not valid YAML{where}") from None
+        raise CifarlabError(f"{what} '{path}' is not valid YAML{where}") from None
     return data or {}
 
 

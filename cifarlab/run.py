@@ -44,7 +44,7 @@ from .engine.metrics import finite, metrics_from_logits, predict, read_result
 from .engine.metrics_log import read_metrics
 from .engine.onnx_model import OnnxModel
 from .engine.runtime import autocast, configure, hardware, seed_everything, select_device
-from .engine.trainer import Loaders, Run, Trainer
+from .engine.trainer import Loaders, Run, StopRun, Trainer
 from .errors import CifarlabError
 from .fileio import atomic_path, write_json, write_text
 from .labels import LabelIssues, active_learning, read_results, summarize
@@ -59,13 +59,16 @@ _RESUME_FREE_KEYS = {("data", "data_dir"), ("train", "out"), ("train", "tensorbo
 
 
 def train(config: Config | str, resume: bool = False, verbose: bool = True, callbacks=(),
-          source: Source | None = None) -> Run:  # fmt: skip
+          source: Source | None = None, test: bool = True) -> Run:  # fmt: skip
     """Train as configured into `config.train.out` and test once; returns the Run.
 
     The default folder is runs/<recipe>, or runs/<recipe>-2, -3, … when that one is taken.
     With `resume`, continue the run in `config.train.out` from `checkpoints/last` (or start it
     if it holds nothing yet); the config must match the saved one. `source` is the opened
-    fine-tuning source when the caller has it already (it is opened here otherwise).
+    fine-tuning source when the caller has it already (it is opened here otherwise). With
+    `test=False` the run ends untested (no eval.json, `Run.test` None): a sweep's trial, where
+    only the trial chosen on validation accuracy is tested, by resuming it. A callback that
+    raises StopRun ends the run early (a pruned trial): the exception reaches the caller.
 
     Under torchrun, every process calls this: they train one run together (see
     engine/distributed.py), only rank 0 writes, and every rank returns the same Run. For
@@ -85,7 +88,7 @@ def train(config: Config | str, resume: bool = False, verbose: bool = True, call
             finished = _finished(run_dir, config, resume, verbose)
             if finished is not None:
                 return finished
-            return _train(config, run_dir, device, source, resume, verbose, callbacks)
+            return _train(config, run_dir, device, source, resume, verbose, callbacks, test)
 
 
 def finetune(source: str, target: str, strategy: str | None = None, *, arch: str | None = None,
@@ -409,11 +412,31 @@ def _finished(run_dir: Path, config: Config, resume: bool, verbose: bool) -> Run
 
 # ----------------------------------------------------------------------------- training
 def _train(config: Config, run_dir: Path, device: torch.device, source: Source | None, resume: bool,
-           verbose: bool, callbacks) -> Run:  # fmt: skip
-    configure(config.train.threads, config.train.deterministic)
-    splits = make_splits(config.data)
+           verbose: bool, callbacks, test: bool = True) -> Run:  # fmt: skip
     if verbose:
         print(f"run: {run_dir}  (recipe {config.recipe}, model {config.model.name}, {device})")
+    trainer = build_trainer(config, run_dir, device, source, verbose, callbacks)
+    if distributed.is_writer() and not (run_dir / "config.yaml").is_file():
+        write_text(run_dir / "config.yaml", config.to_yaml())
+    if resume and trainer.restore() and verbose:
+        print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
+    try:
+        trainer.fit()
+        run = trainer.finish() if test else Run(run_dir, config, None, trainer.best_val_accuracy)
+    except (CifarlabError, StopRun) as e:
+        trainer.record({"kind": "stopped", "reason": str(e).split(";")[0]})
+        raise
+    if test and config.train.report:
+        _write_report(run_dir, config.train.device, verbose)
+    return run
+
+
+def build_trainer(config: Config, run_dir: Path, device: torch.device, source: Source | None = None,
+                  verbose: bool = True, callbacks=()) -> Trainer:  # fmt: skip
+    """The run's data, model and loaders, handed to a Trainer that writes into `run_dir`
+    (seeded: the same config builds the same trainer); also what `lr-find` tests lrs on."""
+    configure(config.train.threads, config.train.deterministic)
+    splits = make_splits(config.data)
     seed_everything(config.train.seed)
     model, param_options = _build_model(config, len(splits.classes), source)
     loaders = _loaders(config, splits, device)
@@ -421,21 +444,8 @@ def _train(config: Config, run_dir: Path, device: torch.device, source: Source |
         from .viz.tensorboard import TensorBoardLogger
 
         callbacks = [*callbacks, TensorBoardLogger()]
-    trainer = Trainer(config, run_dir, model, param_options, splits, loaders, device, _data_fingerprint(splits),
-                      verbose, callbacks)  # fmt: skip
-    if distributed.is_writer() and not (run_dir / "config.yaml").is_file():
-        write_text(run_dir / "config.yaml", config.to_yaml())
-    if resume and trainer.restore() and verbose:
-        print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
-    try:
-        trainer.fit()
-        run = trainer.finish()
-    except CifarlabError as e:
-        trainer.record({"kind": "stopped", "reason": str(e).split(";")[0]})
-        raise
-    if config.train.report:
-        _write_report(run_dir, config.train.device, verbose)
-    return run
+    return Trainer(config, run_dir, model, param_options, splits, loaders, device, _data_fingerprint(splits),
+                   verbose, callbacks)  # fmt: skip
 
 
 def _build_model(config: Config, num_classes: int, source: Source | None) -> tuple[nn.Module, dict]:

@@ -144,3 +144,15 @@ def set_learning_rates(
                 continue
             total = total_steps if group["decay_epochs"] is None else round(group["decay_epochs"] * steps_per_epoch)
             group["lr"] = group["peak_lr"] * lr_factor(step, total, steps_per_epoch, cfg)
+
+
+def scale_learning_rates(optimizers: list[torch.optim.Optimizer], factor: float, cfg: OptimConfig) -> None:
+    """Every group at `factor` × its peak lr, all by the same factor (the lr range test). With
+    `per_1024` the weight decay is decoupled from the lr: each group keeps its lr × weight
+    decay, as a run whose lrs were all × `factor` would have it."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            lr = group["peak_lr"] * factor
+            if cfg.per_1024 and "weight_decay" in group and group["lr"] > 0 and lr > 0:
+                group["weight_decay"] *= group["lr"] / lr
+            group["lr"] = lr

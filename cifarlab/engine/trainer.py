@@ -36,8 +36,14 @@ from .checkpoint import (load_weights_into, read_state, read_weights, recover_ch
 from .metrics import format_report, metrics_from_logits, predict
 from .metrics_log import MetricsLog
 from .lookahead import Lookahead
-from .optim import build_optimizers, set_learning_rates
+from .optim import build_optimizers, scale_learning_rates, set_learning_rates
 from .runtime import autocast, hardware, rng_state, set_rng_state
+
+
+class StopRun(Exception):
+    """Raised by a callback to end a run early on purpose (a sweep pruning a trial whose
+    validation accuracy lags): not an error. The run's folder keeps what it has, and its
+    metrics.jsonl ends with a `stopped` record giving this message as the reason."""
 
 
 @dataclass
@@ -52,7 +58,7 @@ class Loaders:
 class Run:
     dir: Path
     config: Config
-    test: dict  # the content of eval.json
+    test: dict | None  # the content of eval.json; None: not tested (a sweep's trial, chosen on validation only)
     best_val_accuracy: float | None
 
 
@@ -101,7 +107,7 @@ class Trainer:
         self.run_dir, self.splits, self.device, self.verbose = run_dir, splits, device, verbose
         self.data_fingerprint = data_fingerprint
         # objects with any of on_fit_start(trainer) (after a resume's restore), on_log(trainer, record) (each
-        # metrics.jsonl line) and on_epoch_end(trainer) (after `last` is saved)
+        # metrics.jsonl line) and on_epoch_end(trainer) (after `last` is saved); any may raise StopRun
         self.callbacks = list(callbacks)
         self.checkpoints = run_dir / "checkpoints"
 
@@ -157,8 +163,7 @@ class Trainer:
         c = self.config.train
         self.clock = time.perf_counter() - self.elapsed
         self.window_clock = time.perf_counter()
-        if self.step == 0 and self.config.finetune.source is None:  # a fine-tuned net has its weights
-            self.init_from_data()
+        self.init_from_data()
         self.notify("on_fit_start")
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=None if self.verbose else True)
         self.bar = bar
@@ -176,14 +181,19 @@ class Trainer:
                         raise KeyboardInterrupt
                 self.end_epoch()
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr_scale: float | None = None) -> torch.Tensor:
+        """One step; returns its (detached) loss. `lr_scale`: every group at its peak lr × this
+        instead of the schedule's lr (the lr range test, engine/lr_range.py)."""
         with autocast(self.device, self.config.train.precision):
             if self.adversary is not None:
                 x = self.adversary(x, y, self.step)
             logits = self.forward(x)  # all views of the batch together: BatchNorm sees them as one batch
             loss, logits = self.objective(logits.float(), y)
         loss.backward()
-        set_learning_rates(self.optimizers, self.step, self.total_steps, self.steps_per_epoch, self.config.optim)
+        if lr_scale is None:
+            set_learning_rates(self.optimizers, self.step, self.total_steps, self.steps_per_epoch, self.config.optim)
+        else:
+            scale_learning_rates(self.optimizers, lr_scale, self.config.optim)
         if self.config.optim.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
         for optimizer in self.optimizers:
@@ -202,6 +212,7 @@ class Trainer:
         self.window_sums += sums
         self.batch += 1
         self.step += 1
+        return loss
 
     def objective(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The cross-entropy of the batch, or with several views (the loader's clean view, then
@@ -239,9 +250,10 @@ class Trainer:
         return max((g["lr"] for g in groups if g["role"] == "filters"), default=groups[0]["lr"])
 
     def init_from_data(self) -> None:
-        """Let a model set weights from data before the first step (airbench's whitening
-        conv): it gets the first 5,000 training images, normalized, unaugmented."""
-        if hasattr(self.model, "init_from_data"):
+        """Let a model set weights from data before the first step of a run from scratch
+        (airbench's whitening conv; a fine-tuned net has its weights): it gets the first 5,000
+        training images, normalized, unaugmented."""
+        if self.step == 0 and self.config.finetune.source is None and hasattr(self.model, "init_from_data"):
             images = self.train_loader.prepare(self.splits.train.images[:5000])
             self.model.init_from_data(images)
             distributed.broadcast_state(self.model)  # rank 0's result: eigh may differ in the last bits across machines

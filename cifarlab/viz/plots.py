@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 from torchvision.utils import make_grid
 
 from ..data.statistics import SplitStatistics
@@ -296,4 +296,71 @@ def active_learning_curves(summary: dict[str, list[dict]]) -> Figure:
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    return figure
+
+
+def lr_range_curve(record: dict) -> Figure:
+    """`cifarlab lr-find`: the training loss against the lr (log scale), raw and smoothed, with
+    the suggestion and the minimum it came from marked. The y range stops a little above the
+    first smoothed loss, so the divergence at the end does not flatten the rest."""
+    lrs, raw, smoothed = record["lrs"], record["losses"], record["smoothed"]
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = figure.subplots()
+    ax.plot(lrs, raw, color="C0", alpha=0.3, lw=0.8, label="loss of each step's batch")
+    ax.plot(lrs, smoothed, color="C0", lw=1.8, label="smoothed")
+    finite = [v for v in smoothed if v is not None and np.isfinite(v)]
+    if finite:
+        low, top = min(finite), max(finite[0], min(finite)) * 1.3
+        ax.set_ylim(low - 0.1 * (top - low), top)
+    suggestion = record["suggestion"]
+    if suggestion is not None:
+        ax.axvline(suggestion, color="C3", ls="--", label=f"suggested {record['reference']} = {suggestion:.3g}")
+        at = suggestion * 10
+        ax.plot([at], [min(finite)], "v", color="C3", label=f"lowest smoothed loss (lr {at:.3g})")
+    ax.set(xscale="log", xlabel=f"{record['reference']} (every parameter group × the same factor)",
+           ylabel="training loss", title=f"lr range test: {record['recipe']} ({record['model']}), {record['stop']}")  # fmt: skip
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return figure
+
+
+def sweep_history(rows: list[dict]) -> Figure:
+    """A sweep's best validation accuracy per trial, in trial order: complete trials as dots,
+    pruned ones as crosses at their last reported value, and the best so far as a line."""
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = figure.subplots()
+    for state, marker, color in (("complete", "o", "C0"), ("pruned", "x", "C7")):
+        chosen = [r for r in rows if r["state"] == state and r["val_accuracy"] is not None]
+        ax.plot([r["trial"] for r in chosen], [r["val_accuracy"] for r in chosen], marker, color=color, ls="none",
+                label=f"{state} ({len(chosen)})")  # fmt: skip
+    best, line = None, []
+    for r in rows:
+        if r["state"] == "complete":
+            best = r["val_accuracy"] if best is None else max(best, r["val_accuracy"])
+        line.append(best)
+    ax.step([r["trial"] for r in rows], line, where="post", color="C3", label="best so far")
+    failed = [r["trial"] for r in rows if r["state"] == "fail"]
+    for x in failed:
+        ax.axvline(x, color="C1", alpha=0.3, lw=1)
+    if failed:
+        ax.plot([], [], color="C1", alpha=0.3, label=f"failed ({len(failed)})")
+    ax.set(xlabel="trial", ylabel="validation accuracy", title="optimization history")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure
+
+
+def param_importances(importances: dict[str, float]) -> Figure:
+    """Optuna's importance of each searched setting (shares of 1), largest on top."""
+    names = list(importances)
+    figure = Figure(figsize=(8, 1.2 + 0.4 * len(names)), layout="constrained")
+    ax = figure.subplots()
+    ax.barh(range(len(names)), [importances[n] for n in names], color="C0")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set(xlabel="importance (share of the validation accuracy's variation)", title="parameter importances")
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
     return figure

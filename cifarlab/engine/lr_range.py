@@ -1,0 +1,110 @@
+"""The learning-rate range test (Smith 2017, "Cyclical Learning Rates for Training Neural
+Networks", §3.3; fastai's `lr_find`): train from the start for a few dozen steps while the lr
+grows exponentially, and read off where the loss falls fastest and where it blows up.
+
+It runs the trainer's own step (the recipe's model, optimizers, augmentation, label
+smoothing, clipping), with every parameter group at the same multiple of its peak lr, so a
+recipe with per-group lrs (`fast`: head, Muon filters, biases) is tested as one knob. The
+trainer is put back exactly as it was afterwards (weights, optimizer and lookahead state,
+EMA, running sums, position, RNG: what `checkpoints/last` holds), so a test run before
+training leaks nothing into the training.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+
+from .trainer import Trainer
+
+SMOOTHING = 0.98  # fastai's: an exponential moving average over ~50 steps, bias-corrected
+DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its lowest value
+SUGGESTION_DIVISOR = 10.0
+
+
+@dataclass
+class LrRange:
+    lrs: list[float]  # the reference lr (optim.lr) of each step
+    losses: list[float]  # training loss of each step's batch (NaN/inf kept as given)
+    smoothed: list[float]  # bias-corrected exponential moving average of the losses
+    stop: str  # why the test ended
+    suggestion: float | None  # the suggested reference lr (see `suggest`); None: see `note`
+    note: str  # how the suggestion was made, or why there is none
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def range_test(trainer: Trainer, start: float, end: float, steps: int, reference_lr: float) -> LrRange:
+    """Train `steps` steps with the reference lr growing from `start` to `end` exponentially
+    (every group's lr × the same factor lr / `reference_lr`); stop early once the loss
+    diverges. The trainer is restored bit for bit afterwards, also on error or Ctrl-C."""
+    weights = {k: v.detach().clone() for k, v in trainer.eval_model.state_dict().items()}
+    state = copy.deepcopy(trainer.state_dict())
+    nonfinite = trainer.nonfinite.clone()
+    trainer.model.train()
+    lrs, losses, smoothed = [], [], []
+    stop = f"completed all {steps} steps"
+    try:
+        for lr, (x, y) in zip(_exponential(start, end, steps), _batches(trainer)):
+            loss = trainer.train_step(x, y, lr_scale=lr / reference_lr).item()
+            lrs.append(lr)
+            losses.append(loss)
+            smoothed.append(_smooth(losses, smoothed))
+            if not math.isfinite(loss):
+                stop = f"the loss became {loss} at lr {lr:.3g}"
+                break
+            if smoothed[-1] > DIVERGED * min(smoothed):
+                stop = f"the smoothed loss passed {DIVERGED:g}× its lowest value at lr {lr:.3g}"
+                break
+    finally:
+        trainer.load_state_dict(state, weights, "the state before the lr range test")
+        trainer.nonfinite.copy_(nonfinite)
+    suggestion, note = suggest(lrs, smoothed, start)
+    return LrRange(lrs, losses, smoothed, stop, suggestion, note)
+
+
+def suggest(lrs: list[float], smoothed: list[float], start: float) -> tuple[float | None, str]:
+    """The lr at the smoothed loss's minimum, ÷ 10 (fastai's `minimum` rule).
+
+    Why this rule and not the steepest descent: at the minimum the lr is already at the edge
+    of divergence (the loss still falls there only because the average lags), and a tenth of
+    it is on the steady part of the slope, where training at a fixed budget does well. The
+    steepest point is the derivative of a noisy curve: over ~100 steps it jumps between
+    local dips, from one seed to the next, by a decade. None when the minimum is within the
+    first decade of the range (the loss never fell: start lower)."""
+    finite = [(value, lr) for value, lr in zip(smoothed, lrs) if math.isfinite(value)]
+    if not finite:
+        return None, "no finite loss was measured; start lower (--start)"
+    lowest, at = min(finite)
+    suggestion = at / SUGGESTION_DIVISOR
+    if suggestion < start:
+        return None, (f"the smoothed loss is lowest at lr {at:.3g}, within a decade of --start {start:.3g}: "
+                      f"the loss never fell; start lower, e.g. --start {start / 100:.3g}")  # fmt: skip
+    note = f"the smoothed loss is lowest ({lowest:.4g}) at lr {at:.3g}; suggested: that ÷ {SUGGESTION_DIVISOR:g}"
+    if at == lrs[-1]:
+        note += " (it was still falling at the last lr tested: a higher --end may find a lower minimum)"
+    return suggestion, note
+
+
+def _exponential(start: float, end: float, steps: int):
+    for i in range(steps):
+        yield start * (end / start) ** (i / max(steps - 1, 1))
+
+
+def _batches(trainer: Trainer):
+    """Training batches as the run would see them, epoch after epoch (the order and
+    augmentation are a function of (seed, epoch): no loader state to restore)."""
+    epoch = 0
+    while True:
+        yield from trainer.train_loader.epoch(epoch)
+        epoch += 1
+
+
+def _smooth(losses: list[float], smoothed: list[float]) -> float:
+    """Bias-corrected EMA: the running average ÷ (1 − β^n), so the first values are not pulled to 0."""
+    n = len(losses)
+    previous = smoothed[-1] * (1 - SMOOTHING ** (n - 1)) if smoothed else 0.0
+    average = SMOOTHING * previous + (1 - SMOOTHING) * losses[-1]
+    return average / (1 - SMOOTHING**n)
