@@ -17,10 +17,14 @@ import numpy as np
 import torch
 
 
+def keyed_seed(*key: int) -> int:
+    """A seed that depends on all of `key` (e.g. seed, stream, epoch), well mixed."""
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, dtype=np.uint64)[0])
+
+
 def keyed_generator(*key: int) -> torch.Generator:
-    """A CPU generator whose stream depends on all of `key` (e.g. seed, epoch), well mixed."""
-    seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(seed)
+    """A CPU generator whose stream depends on all of `key`."""
+    return torch.Generator().manual_seed(keyed_seed(*key))
 
 
 def keyed_numpy_generator(*key: int) -> np.random.Generator:

@@ -61,6 +61,10 @@ class Splits:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     calib: ImageSet | None = None  # None when calib_size is 0
+    # with labels_per_class: the rest of the training images, labels removed, and where the labelled
+    # ones (train, val and calib together) are among the dataset's training images
+    unlabelled: ImageSet | None = None
+    labelled_index: torch.Tensor | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -75,10 +79,12 @@ class Splits:
 
 def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
     """Load a dataset and carve what it lacks out of its training images: the test split (an
-    image folder without test/: 10%), the validation split (`val_size`), the calibration
-    hold-out (`calib_size`), then the optional training subset or few-labels subset.
+    image folder without test/: 10%), the few-labels subset (`labels_per_class`), the validation
+    split (`val_size`), the calibration hold-out (`calib_size`), then the optional training subset.
 
-    Every carving uses `cfg.split_seed`, not the training seed, so every run of a comparison
+    With few labels, validation and calibration come out of the labelled images (the label
+    budget is all the labels the run sees) and the other training images become the unlabelled
+    pool, without their labels. Every carving uses `cfg.split_seed`, not the training seed, so every run of a comparison
     sees the same images in each split; a given test set is untouched. Normalization: the
     config's, else the dataset's published statistics, else (a folder) its training images'.
     """
@@ -93,11 +99,15 @@ def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
     full, test = given["train"], given.get("test")
     if test is None:
         full, test = _carve(full, len(full) // 10, cfg.split_seed + 2, "test")
+    unlabelled = labelled_index = None
+    if cfg.labels_per_class is not None:
+        full, unlabelled, labelled_index = _few_labels(full, cfg.labels_per_class, cfg.split_seed + 1)
     val = given.get("val")
     if val is None:
         val_size = len(full) // 10 if cfg.val_size is None else cfg.val_size
         if val_size >= len(full):
-            raise CifarlabError(f"data.val_size={val_size} leaves no training images (the train split has {len(full)})")
+            what = "labelled images" if unlabelled is not None else "images in the train split"
+            raise CifarlabError(f"data.val_size={val_size} leaves no training images (there are {len(full)} {what})")
         train, val = _carve(full, val_size, cfg.split_seed, "validation") if val_size else (full, None)
     else:
         train = full
@@ -109,23 +119,23 @@ def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
             raise CifarlabError(f"train subset {cfg.train_subset} is larger than the {len(train)} training images")
         _, keep = stratified_indices(train.labels, cfg.train_subset, cfg.split_seed + 1)
         train = train.subset(keep)
-    if cfg.labels_per_class is not None:
-        train = _few_labels(train, cfg.labels_per_class, cfg.split_seed + 1)
     mean, std = published or channel_stats(train.images)
     mean = tuple(cfg.mean) if cfg.mean is not None else mean
     std = tuple(cfg.std) if cfg.std is not None else std
-    return Splits(train, val, test, mean, std, calib)
+    return Splits(train, val, test, mean, std, calib, unlabelled, labelled_index)
 
 
-def _few_labels(train: ImageSet, per_class: int, seed: int) -> ImageSet:
+def _few_labels(train: ImageSet, per_class: int, seed: int) -> tuple[ImageSet, ImageSet, torch.Tensor]:
+    """(labelled images, the unlabelled pool with no labels at all, the labelled positions)."""
     counts = torch.bincount(train.labels, minlength=len(train.classes))
     if counts.min() < per_class:
         fewest = int(counts.argmin())
         raise CifarlabError(
             f"data.labels_per_class={per_class}, but class '{train.classes[fewest]}' has only "
-            f"{int(counts[fewest])} training images (after the held-out splits)"
+            f"{int(counts[fewest])} training images; choose at most {int(counts.min())}"
         )
-    return train.subset(per_class_indices(train.labels, per_class, seed)[1])
+    rest, picked = per_class_indices(train.labels, per_class, seed)
+    return train.subset(picked), ImageSet(train.images[rest], None, train.classes), picked
 
 
 def _carve(data: ImageSet, size: int, seed: int, name: str) -> tuple[ImageSet, ImageSet]:
