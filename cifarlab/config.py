@@ -23,6 +23,7 @@ from .models import check_model_name, model_options
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "fast"
+SEMI_RECIPE = "fast-semi"  # the default when semi.method is asked for (fast's label smoothing would mask every pseudo-label)
 
 # The allowed values of every setting that is a choice: validation, `_coerce` and the CLI's
 # `choices=` all read them from here (`choices("train.tta")`).
@@ -35,6 +36,7 @@ Precision = Literal["auto", "fp32", "bf16"]
 TTA = Literal["none", "flip", "flip-translate"]
 Strategy = Literal["linear", "full", "gradual"]
 QuantBackend = Literal["onnxruntime", "pt2e"]
+SemiMethod = Literal["none", "fixmatch", "pseudo"]
 
 
 @dataclass
@@ -44,7 +46,7 @@ class DataConfig:
     val_size: int | None = None  # held out of train for model selection; None = 10% (5,000 for CIFAR-10)
     calib_size: int = 0  # held out of train only to fit the temperature of probabilities (at most a tenth); 0 = none
     train_subset: int | None = None  # train on a stratified subset of this many images
-    labels_per_class: int | None = None  # train on this many images per class (few labels); same seed as the subset
+    labels_per_class: int | None = None  # labelled images per class (few labels): val and calib are carved from them; the rest of train is the unlabelled pool
     image_size: int = 32  # folder: images are resized to this side (CIFAR is 32×32)
     split_seed: int = 0  # fixes the val split and the subset, whatever the training seed
     mean: list[float] | None = None  # normalization; None = the dataset's published train statistics
@@ -135,6 +137,17 @@ class TrainConfig:
 
 
 @dataclass
+class SemiConfig:
+    method: SemiMethod = "none"  # fixmatch | pseudo: also learn from the unlabelled pool (needs data.labels_per_class)
+    threshold: float = 0.95  # τ: an unlabelled image teaches only when the model's top probability on its weak view is ≥ τ
+    unlabelled_ratio: int = 3  # μ: unlabelled images per labelled image in a step (FixMatch: 7; fewer fit a CPU hour)
+    unlabelled_weight: float = 1.0  # λ_u: weight of the unlabelled loss beside the labelled one
+    strong_ops: int = 2  # fixmatch's strong view: RandAugment ops per image (after the weak flip + translate)
+    strong_magnitude: int = 16  # of 0..30; about the mean of FixMatch's random magnitudes
+    strong_cutout: int = 16  # then a square of this side is zeroed (FixMatch: half the image)
+
+
+@dataclass
 class Config:
     recipe: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -142,6 +155,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
@@ -194,10 +208,12 @@ _NON_NEGATIVE = (
     "data.val_size", "data.calib_size", "augment.translate", "augment.cutout", "augment.mixup_alpha",
     "augment.cutmix_alpha", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.warmup_epochs", "optim.gamma",
     "optim.final_lr_factor", "optim.grad_clip", "train.threads", "train.checkpoint_every", "train.checkpoint_epochs",
-    "optim.lookahead_every", "optim.lookahead_start_epoch", "finetune.unfreeze_every",
+    "optim.lookahead_every", "optim.lookahead_start_epoch", "finetune.unfreeze_every", "semi.unlabelled_weight",
+    "semi.strong_cutout",
 )  # fmt: skip
 _POSITIVE = ("data.train_subset", "data.labels_per_class", "data.image_size", "train.epochs", "train.batch_size",
-             "train.eval_batch_size", "train.log_every", "finetune.input_size", "augment.randaugment_ops")  # fmt: skip
+             "train.eval_batch_size", "train.log_every", "finetune.input_size", "augment.randaugment_ops",
+             "semi.unlabelled_ratio", "semi.strong_ops")  # fmt: skip
 
 
 def validate(config: Config) -> Config:
@@ -216,7 +232,8 @@ def validate(config: Config) -> Config:
                        ("optim.lookahead_decay", 1.0)):  # fmt: skip
         if not 0 <= flat[key] < limit:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [0, {limit})")
-    for key, low, high in (("augment.random_erasing", 0, 1), ("augment.randaugment_magnitude", 0, 30)):
+    for key, low, high in (("augment.random_erasing", 0, 1), ("augment.randaugment_magnitude", 0, 30),
+                           ("semi.strong_magnitude", 0, 30)):  # fmt: skip
         if not low <= flat[key] <= high:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [{low}, {high}]")
     for key in ("data.mean", "data.std"):
@@ -225,6 +242,7 @@ def validate(config: Config) -> Config:
     if not 0 < flat["finetune.layer_decay"] <= 1:
         raise CifarlabError(f"finetune.layer_decay={flat['finetune.layer_decay']} is out of range; it must be in (0, 1]")
     _validate_dataset(config.data)
+    _validate_semi(config.semi, config.data)
     check_model_name(config.model.name)
     if config.train.device not in ("auto", "cpu", "cuda") and not config.train.device.startswith("cuda:"):
         raise CifarlabError(f"train.device={config.train.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
@@ -266,6 +284,16 @@ def _validate_dataset(data: DataConfig) -> None:
             raise CifarlabError(f"data.image_size={data.image_size}: CIFAR images are 32×32; it is for folder: datasets")
     if data.train_subset is not None and data.labels_per_class is not None:
         raise CifarlabError("choose one of data.train_subset and data.labels_per_class, not both")
+
+
+def _validate_semi(semi: SemiConfig, data: DataConfig) -> None:
+    if not 0 < semi.threshold <= 1:
+        raise CifarlabError(f"semi.threshold={semi.threshold} is out of range; it must be in (0, 1]")
+    if semi.method != "none" and data.labels_per_class is None:
+        raise CifarlabError(
+            f"semi.method={semi.method} needs data.labels_per_class (--labels-per-class N): N labelled images per "
+            f"class, the rest of the training set is the unlabelled pool"
+        )
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -481,20 +509,26 @@ def resolve(
     then a YAML file, then CLI flags, then --set lines.
 
     The recipe is `recipe`, else the file's `recipe:` (a run's saved config.yaml names its
-    own), else the recipe for the model the layers name, else the default. With `base` (the
-    saved config of a run being resumed) the layers apply to it instead of a recipe."""
+    own), else the recipe for the model the layers name, else the semi-supervised recipe when
+    they ask for semi.method, else the default. With `base` (the saved config of a run being
+    resumed) the layers apply to it instead of a recipe."""
     layers = [(read_yaml(config_file), str(config_file))] if config_file else []
     layers += [(flags, "command line")] if flags else []
     layers += [(parse_assignment(a), "--set") for a in sets]
     if base is not None:
         return validate(_build([], layers, base))
     asked = [layer for layer, _ in layers if isinstance(layer, dict)]
-    model = next((m["name"] for layer in reversed(asked) if isinstance(m := layer.get("model"), dict) and "name" in m), None)
+    model, semi = _last_asked(asked, "model", "name"), _last_asked(asked, "semi", "method")
     name = recipe or next((layer["recipe"] for layer in reversed(asked) if layer.get("recipe")), None)
-    name = name or (recipe_for_model(model) if model else DEFAULT_RECIPE)
+    name = name or (recipe_for_model(model) if model else SEMI_RECIPE if semi not in (None, "none") else DEFAULT_RECIPE)
     config = _build(_recipe_layers(name), layers, dataclasses.replace(Config(), recipe=name))
     config.recipe = name
     return validate(config)
+
+
+def _last_asked(layers: list[dict], section: str, key: str):
+    """The value of section.key in the last layer that sets it, else None."""
+    return next((v[key] for layer in reversed(layers) if isinstance(v := layer.get(section), dict) and key in v), None)
 
 
 def from_dict(d: dict) -> Config:

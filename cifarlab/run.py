@@ -35,7 +35,7 @@ from .compress.export import save_onnx
 from .compress.prune import TAYLOR_BATCHES
 from .compress.quantize import quantize_int8, require_packages
 from .config import Config, QuantizeConfig, from_dict, read_yaml, resolve, validate
-from .data import DeviceLoader, ImageSet, Splits, make_splits, stratified_indices
+from .data import DeviceLoader, ImageSet, SemiLoader, Splits, make_splits, stratified_indices
 from .engine import distributed
 from .engine.calibration import describe_fit, fit_record
 from .engine.checkpoint import load_checkpoint, save_calibration, save_checkpoint
@@ -47,6 +47,7 @@ from .engine.runtime import autocast, configure, hardware, seed_everything, sele
 from .engine.trainer import Loaders, Run, Trainer
 from .errors import CifarlabError
 from .fileio import atomic_path, write_json, write_text
+from .labels import SemiObjective
 from .models import create_model
 from .robust import RobustnessConfig
 from .transfer import Source, finetune_config, open_source, pretrained_model, with_source
@@ -419,8 +420,11 @@ def _train(config: Config, run_dir: Path, device: torch.device, source: Source |
         from .viz.tensorboard import TensorBoardLogger
 
         callbacks = [*callbacks, TensorBoardLogger()]
+    semi = SemiObjective(config.semi) if config.semi.method != "none" else None
     trainer = Trainer(config, run_dir, model, param_options, splits, loaders, device, _data_fingerprint(splits),
-                      verbose, callbacks)  # fmt: skip
+                      verbose, callbacks, semi)  # fmt: skip
+    if distributed.is_writer() and splits.labelled_index is not None and not (run_dir / "labelled.json").is_file():
+        write_json(run_dir / "labelled.json", _labelled_record(config, splits))
     if distributed.is_writer() and not (run_dir / "config.yaml").is_file():
         write_text(run_dir / "config.yaml", config.to_yaml())
     if resume and trainer.restore() and verbose:
@@ -456,6 +460,14 @@ def _loaders(config: Config, splits: Splits, device: torch.device) -> Loaders:
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=c.channels_last)
     train = DeviceLoader(splits.train, c.batch_size, augment=config.augment, shuffle=True, drop_last=True, seed=c.seed,
                          rank=distributed.rank(), world_size=world, **common)  # fmt: skip
+    if config.semi.method != "none":
+        unlabelled = c.batch_size * config.semi.unlabelled_ratio
+        if unlabelled > len(splits.unlabelled):
+            raise CifarlabError(
+                f"a step takes semi.unlabelled_ratio × train.batch_size = {unlabelled} unlabelled images, more than "
+                f"the {len(splits.unlabelled)} of the pool; lower either"
+            )
+        train = SemiLoader(train, splits.unlabelled, config.semi)
     val = DeviceLoader(distributed.shard(splits.val), c.eval_batch_size, **common) if splits.val else None
     test = DeviceLoader(distributed.shard(splits.test), c.eval_batch_size, **common)
     held_out = splits.calibration_split() if c.calibrate else None
@@ -471,7 +483,21 @@ def _data_fingerprint(splits: Splits) -> str:
         if data is not None:
             digest.update(data.images.contiguous().numpy().tobytes())
             digest.update(data.labels.numpy().tobytes())
+    if splits.unlabelled is not None:
+        digest.update(splits.unlabelled.images.contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def _labelled_record(config: Config, splits: Splits) -> dict:
+    """labelled.json of a few-labels run: which training images had their labels used (train,
+    val and calibration are carved from these with data.split_seed), and a digest to compare runs by."""
+    index = splits.labelled_index
+    sizes = {name: len(data) if data is not None else 0
+             for name, data in (("train", splits.train), ("val", splits.val), ("calib", splits.calib))}  # fmt: skip
+    return {"dataset": config.data.dataset, "labels_per_class": config.data.labels_per_class,
+            "split_seed": config.data.split_seed, "labelled": len(index), **sizes, "unlabelled": len(splits.unlabelled),
+            "digest": hashlib.blake2b(index.numpy().tobytes(), digest_size=16).hexdigest(),
+            "indices": index.tolist()}  # fmt: skip
 
 
 def _write_report(run_dir: Path, device: str, verbose: bool) -> None:

@@ -5,6 +5,7 @@ from .download import download
 from .loader import DeviceLoader
 from .folder import read_image, read_image_folder
 from .splits import Splits, make_splits, per_class_indices, stratified_indices
+from .unlabelled import SemiLoader
 
 __all__ = [
     "DATASETS",
@@ -21,6 +22,7 @@ __all__ = [
     "per_class_indices",
     "read_image",
     "read_image_folder",
+    "SemiLoader",
     "stratified_indices",
     "verify",
 ]
