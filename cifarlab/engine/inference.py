@@ -79,11 +79,12 @@ def image_loader(checkpoint: Checkpoint, images: torch.Tensor, device: torch.dev
     return DeviceLoader(data, 256, checkpoint.mean, checkpoint.std, device=device, channels_last=False)
 
 
-def class_probabilities(checkpoint: Checkpoint, loader: DeviceLoader, raw: bool = False) -> torch.Tensor:
-    """(N, classes) probabilities of the loader's images (no TTA, as `cifarlab predict`), in
-    float64 as calibration computes them, so each row sums to 1 within rounding; calibrated
-    with the checkpoint's fitted temperature unless `raw` or none was fitted."""
-    logits, _ = predict(checkpoint.model, loader)
+def class_probabilities(checkpoint: Checkpoint, loader: DeviceLoader, raw: bool = False, tta: str = "none",
+                        autocast=None) -> torch.Tensor:  # fmt: skip
+    """(N, classes) probabilities of the loader's images (by default without TTA, as `cifarlab
+    predict`), in float64 as calibration computes them, so each row sums to 1 within rounding;
+    calibrated with the checkpoint's fitted temperature unless `raw` or none was fitted."""
+    logits, _ = predict(checkpoint.model, loader, tta, autocast)
     return calibrated(finite(logits, checkpoint.path), None if raw else checkpoint.temperature)
 
 

@@ -24,10 +24,8 @@ import torch
 
 from ..config import Config
 from ..data import ImageSet, training_file, write_labelled_indices
-from ..engine.calibration import probabilities
 from ..engine.checkpoint import Checkpoint, load_checkpoint
-from ..engine.inference import checkpoint_loader
-from ..engine.metrics import finite, predict
+from ..engine.inference import checkpoint_loader, class_probabilities
 from ..engine.runtime import autocast, select_device
 from ..engine.trainer import Run
 from ..errors import CifarlabError, import_extra
@@ -69,8 +67,7 @@ def checkpoint_probabilities(checkpoint: Checkpoint, config: Config, data: Image
     """What the checkpoint's users see for `data`: its run's test-time augmentation, and its
     fitted temperature when it has one (float64)."""
     loader = checkpoint_loader(checkpoint, config, data, device)
-    logits, _ = predict(checkpoint.model, loader, config.train.tta, autocast(device, config.train.precision))
-    return probabilities(finite(logits, checkpoint.path), checkpoint.temperature)
+    return class_probabilities(checkpoint, loader, tta=config.train.tta, autocast=autocast(device, config.train.precision))
 
 
 def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:

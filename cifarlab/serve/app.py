@@ -143,4 +143,4 @@ def _page(classifier: Classifier, samples: list[Sample], no_samples: str | None)
         card=card_html(classifier),
         script_text=json.dumps({k: v for k, v in EN.items() if k.startswith("js_")}).replace("</", "<\\/"),
     )
-    return page.render(TEMPLATE, **text)
+    return page.render_document(TEMPLATE, **text)

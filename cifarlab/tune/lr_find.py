@@ -25,13 +25,9 @@ from ..run import build_trainer
 class LrFind:
     result: LrRange
     config: Config
+    factor: float | None  # the suggestion as a multiple of the recipe's lrs (None without one)
     sets: list[str]  # the settings that use the suggestion ([] without one)
     folder: Path
-
-    @property
-    def factor(self) -> float | None:
-        """The suggestion as a multiple of the recipe's lrs."""
-        return self.result.suggestion / self.config.optim.lr if self.result.suggestion is not None else None
 
 
 def lr_find(config: Config, start: float = 1e-6, end: float = 10.0, steps: int = 100, out: str | None = None) -> LrFind:
@@ -53,7 +49,9 @@ def lr_find(config: Config, start: float = 1e-6, end: float = 10.0, steps: int =
     trainer = build_trainer(config, folder, select_device(config.train.device), verbose=False)
     trainer.init_from_data()
     result = range_test(trainer, start, end, steps, config.optim.lr)
-    found = LrFind(result, config, _sets(config, result.suggestion), folder)
+    factor = result.suggestion / config.optim.lr if result.suggestion is not None else None
+    sets = [f"{key}={yaml_number(lr * factor)}" for key, lr in recipe_lrs(config).items()] if factor is not None else []
+    found = LrFind(result, config, factor, sets, folder)
     record = {"recipe": config.recipe, "model": config.model.name, "reference": "optim.lr", "start": start, "end": end,
               "steps": steps, "recipe_lrs": recipe_lrs(config), "factor": found.factor, "sets": found.sets,
               **result.to_dict()}  # fmt: skip
@@ -67,13 +65,6 @@ def recipe_lrs(config: Config) -> dict[str, float]:
     """optim.lr and every group's own lr, by their config keys."""
     groups = {f"optim.groups.{role}.lr": options["lr"] for role, options in config.optim.groups.items() if "lr" in options}
     return {"optim.lr": config.optim.lr, **groups}
-
-
-def _sets(config: Config, suggestion: float | None) -> list[str]:
-    if suggestion is None:
-        return []
-    factor = suggestion / config.optim.lr
-    return [f"{key}={yaml_number(lr * factor)}" for key, lr in recipe_lrs(config).items()]
 
 
 def yaml_number(value: float) -> str:

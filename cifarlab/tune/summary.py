@@ -5,7 +5,6 @@ importances.png and sweep.html (all of it on one self-contained page)."""
 from __future__ import annotations
 
 import csv
-import datetime
 import io
 import warnings
 from html import escape
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import yaml
 
-from .. import __version__
 from ..fileio import write_json, write_text
 from ..engine.metrics import read_result
 from .sweep import PRUNERS, Sweep, TrialState, best_layer, best_trial, optuna, short
@@ -173,5 +171,5 @@ def _page(sweep: Sweep, rows: list[dict], numbers: dict, paths: dict[str, Path],
         cards="".join(cards),
         table=page.table(["trial", "state", "val acc", "epochs", *keys, "reason"], table_rows, numeric_from=2),
         images=images,
-        footer=escape(f"cifarlab {__version__} · generated {datetime.datetime.now().isoformat(timespec='seconds')}"),
+        footer=page.footer(),
     )

@@ -3,11 +3,9 @@ metrics side by side, in one self-contained HTML page plus its PNG."""
 
 from __future__ import annotations
 
-import datetime
 from html import escape
 from pathlib import Path
 
-from .. import __version__
 from ..config import Config, from_dict, read_yaml
 from ..engine.metrics import read_result
 from ..errors import CifarlabError
@@ -37,7 +35,7 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare.html") -
         subtitle=escape(", ".join(str(r) for r in runs)),
         table=page.table(header, rows, numeric_from=2),
         curves=page.image(curves, "training curves of all runs"),
-        footer=escape(f"cifarlab {__version__} · generated {datetime.datetime.now().isoformat(timespec='seconds')}"),
+        footer=page.footer(),
     )
     write_text(out, html)
     return out

@@ -7,18 +7,37 @@ rounded for people, the attribute keeps the exact value for programs (and tests)
 from __future__ import annotations
 
 import base64
+import datetime
 import string
 from html import escape
 from pathlib import Path
 
+from .. import __version__
+
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-def render(template: str | Path, **fields: str) -> str:
-    """Fill templates/<template>, or the template at an absolute path (another package's page
-    in the same style: `/` keeps an absolute right side); every `$name` in it must be given."""
-    page = string.Template((TEMPLATES / template).read_text())
-    return page.substitute(style=(TEMPLATES / "style.css").read_text(), **fields)
+def render(template: str, **fields: str) -> str:
+    """Fill templates/<template>: a page's body (its sections), set in page.html, the frame
+    every page shares (head, style, title and subtitle, footer); every `$name` must be given.
+    The texts are joined before filling, so a filled-in `$` is never read as a field."""
+    frame = (TEMPLATES / "page.html").read_text().replace("$body", (TEMPLATES / template).read_text())
+    return string.Template(frame).substitute(style=style(), **fields)
+
+
+def render_document(template: Path, **fields: str) -> str:
+    """Fill a whole HTML document of another package (its own head and scripts) that uses the
+    same style sheet (`$style`); every `$name` must be given."""
+    return string.Template(template.read_text()).substitute(style=style(), **fields)
+
+
+def style() -> str:
+    return (TEMPLATES / "style.css").read_text()
+
+
+def footer(detail: str = "") -> str:
+    """The footer every page ends with: the version and when it was made, then `detail`."""
+    return escape(f"cifarlab {__version__} · generated {datetime.datetime.now().isoformat(timespec='seconds')}{detail}")
 
 
 def image(path: Path, alt: str) -> str:

@@ -8,14 +8,12 @@ evaluated again on the test split rebuilt from the run's saved config.
 
 from __future__ import annotations
 
-import datetime
 import time
 from html import escape
 from pathlib import Path
 
 import torch
 
-from .. import __version__
 from ..config import Config
 from ..engine.calibration import ECE_BINS, probabilities, reliability, scores
 from ..engine.checkpoint import Checkpoint, load_checkpoint
@@ -81,8 +79,7 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, device: str =
         config=escape(config_text),
     )
     seconds = time.perf_counter() - started
-    when = datetime.datetime.now().isoformat(timespec="seconds")
-    fields["footer"] = escape(f"cifarlab {__version__} · generated {when} in {seconds:.1f} s on {dev}")
+    fields["footer"] = page.footer(f" in {seconds:.1f} s on {dev}")
     path = run_dir / "report.html"
     write_text(path, page.render("report.html", **fields))
     return path
