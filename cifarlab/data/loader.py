@@ -15,16 +15,12 @@ import torch
 
 from ..config import AugmentConfig
 from .augment import (
-    AugmentParams, add_noise, crop_flip, cutout, draw_erasing, draw_params, erase, keyed_generator,
+    AugmentParams, Stream, add_noise, crop_flip, cutout, draw_erasing, draw_params, erase, keyed_generator,
     keyed_numpy_generator, normalize,
 )  # fmt: skip
 from .datasets import ImageSet
 from .mixing import draw_mixing, mix
 from .policies import make_policy
-
-# Stream ids mixed into the (seed, ...) keys, so each random use has its own stream (turning
-# one augmentation on does not change the draws of another).
-_EPOCH_STREAM, _FLIP_STREAM, _POLICY_STREAM, _ERASE_STREAM, _MIX_STREAM, _NOISE_STREAM = 1, 2, 3, 4, 5, 6
 
 
 class DeviceLoader:
@@ -77,7 +73,7 @@ class DeviceLoader:
         self.mean = torch.tensor(mean, device=device)
         self.std = torch.tensor(std, device=device)
         n = len(self.images)
-        self.flip_base = torch.rand(n, generator=keyed_generator(*self._key(_FLIP_STREAM))) < 0.5
+        self.flip_base = torch.rand(n, generator=keyed_generator(*self._key(Stream.FLIP))) < 0.5
         self.mixes = augment.mixup_alpha > 0 or augment.cutmix_alpha > 0
         if self.mixes and self.labels is None:
             raise ValueError("Mixup and CutMix mix labels; this set has none")
@@ -96,26 +92,26 @@ class DeviceLoader:
     def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, AugmentParams | None]:
         """The epoch's sample order and per-position augmentation draws (on the CPU)."""
         n = len(self.images)
-        generator = keyed_generator(self.seed, _EPOCH_STREAM, epoch)
+        generator = keyed_generator(self.seed, Stream.EPOCH, epoch)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         if not self.augments:
             return order, None
         if self.redraw:  # the same order, other draws
-            generator = keyed_generator(*self._key(_EPOCH_STREAM, epoch))
+            generator = keyed_generator(*self._key(Stream.EPOCH, epoch))
         size = self.images.shape[-1]
         a = self.augment
         params = draw_params(n, a.translate, a.flip, generator, self.flip_base[order], epoch, size)
         if self.policy is not None:
-            plans = keyed_generator(*self._key(_POLICY_STREAM, epoch))
+            plans = keyed_generator(*self._key(Stream.POLICY, epoch))
             params.policy = torch.stack([self.policy.draw(n, plans) for _ in range(self.augmented_views)], 1)
         if a.random_erasing > 0:
-            params.erase = draw_erasing(n, a.random_erasing, keyed_generator(*self._key(_ERASE_STREAM, epoch)), size)
+            params.erase = draw_erasing(n, a.random_erasing, keyed_generator(*self._key(Stream.ERASE, epoch)), size)
         if self.mixes:
-            rng = keyed_numpy_generator(*self._key(_MIX_STREAM, epoch))
+            rng = keyed_numpy_generator(*self._key(Stream.MIX, epoch))
             mixing = draw_mixing(n, a.mixup_alpha, a.cutmix_alpha, rng, size)
             params.partner, params.mix_weight, params.mix_box = mixing
         if a.noise_sigma > 0:
-            sigmas = keyed_generator(*self._key(_NOISE_STREAM, epoch))
+            sigmas = keyed_generator(*self._key(Stream.NOISE, epoch))
             params.noise_sigma = torch.rand(n, self.augmented_views, generator=sigmas) * a.noise_sigma
         return order, params
 
@@ -181,7 +177,7 @@ class DeviceLoader:
         blocks = list(x.split(rows))
         first = len(blocks) - self.augmented_views  # after the clean view, if there is one
         for view in range(self.augmented_views):
-            generator = keyed_generator(*self._key(_NOISE_STREAM, epoch, batch, view), device=x.device)
+            generator = keyed_generator(*self._key(Stream.NOISE, epoch, batch, view), device=x.device)
             noise = torch.randn((count, *x.shape[1:]), generator=generator, device=x.device)[offset : offset + rows]
             blocks[first + view] = add_noise(blocks[first + view], sigma[:, view], noise, self.mean, self.std)
         return torch.cat(blocks)

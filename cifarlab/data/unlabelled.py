@@ -16,11 +16,9 @@ from typing import Iterator
 import torch
 
 from ..config import AugmentConfig, SemiConfig
-from .augment import keyed_seed
+from .augment import Stream, keyed_seed
 from .datasets import ImageSet
 from .loader import DeviceLoader
-
-_UNLABELLED_STREAM = 7  # the pool's order and draws: a stream of its own (after loader.py's ids)
 
 
 def unlabelled_views(augment: AugmentConfig, semi: SemiConfig) -> list[AugmentConfig]:
@@ -45,7 +43,7 @@ class SemiLoader:
         pool = ImageSet(pool.images.to(labelled.images.device), None, pool.classes)  # one copy for all views
         self.views = [
             DeviceLoader(pool, labelled.batch_size * semi.unlabelled_ratio, labelled.mean.tolist(), labelled.std.tolist(),
-                         augment, shuffle=True, drop_last=True, seed=keyed_seed(labelled.seed, _UNLABELLED_STREAM),
+                         augment, shuffle=True, drop_last=True, seed=keyed_seed(labelled.seed, Stream.UNLABELLED),
                          device=labelled.images.device, channels_last=labelled.channels_last, rank=labelled.rank,
                          world_size=labelled.world_size, redraw=view)
             for view, augment in enumerate(unlabelled_views(labelled.augment, semi))
