@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(train)
     train.add_argument("--model", help="model name (see `cifarlab models`)")
     train.add_argument("--train-subset", type=int, metavar="N", help="train on a stratified subset of N images")
+    train.add_argument("--labels-per-class", type=int, metavar="N",
+                       help="keep the labels of N images per class (val and calib come out of them); "
+                            "with --semi the other training images are an unlabelled pool")  # fmt: skip
+    train.add_argument("--semi", metavar="METHOD",
+                       help=f"learn from the unlabelled pool too: {' | '.join(choices('semi.method'))} (see `fast-semi`)")
     train.add_argument("--dataset", help=DATASET_HELP)
 
     finetune = commands.add_parser("finetune", help="adapt a pretrained model to a new task, then test it once")
@@ -366,8 +371,9 @@ def _saved(args, flags):
 def _train(args) -> None:
     from .config import resolve
 
-    flags = _run_flags(args, model={"name": args.model},
-                       data={"train_subset": args.train_subset, "dataset": args.dataset})  # fmt: skip
+    flags = _run_flags(args, model={"name": args.model}, semi={"method": args.semi},
+                       data={"train_subset": args.train_subset, "labels_per_class": args.labels_per_class,
+                             "dataset": args.dataset})  # fmt: skip
     _start(args, _saved(args, flags) or resolve(args.recipe, args.config, flags, args.set))
 
 

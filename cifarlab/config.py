@@ -23,6 +23,7 @@ from .models import check_model_name, model_options
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "fast"
+SEMI_RECIPE = "fast-semi"  # the default when semi.method is asked for (fast's label smoothing would mask every pseudo-label)
 
 # The allowed values of every setting that is a choice: validation, `_coerce` and the CLI's
 # `choices=` all read them from here (`choices("train.tta")`).
@@ -37,6 +38,7 @@ Strategy = Literal["linear", "full", "gradual"]
 QuantBackend = Literal["onnxruntime", "pt2e"]
 ActiveStrategy = Literal["random", "entropy", "margin", "coreset"]  # labels/strategies.py says what each picks
 AdversarialMethod = Literal["none", "fgsm", "pgd"]
+SemiMethod = Literal["none", "fixmatch", "pseudo"]
 
 
 @dataclass
@@ -46,7 +48,7 @@ class DataConfig:
     val_size: int | None = None  # held out of train for model selection; None = 10% (5,000 for CIFAR-10)
     calib_size: int = 0  # held out of train only to fit the temperature of probabilities (at most a tenth); 0 = none
     train_subset: int | None = None  # train on a stratified subset of this many images
-    labels_per_class: int | None = None  # train on this many images per class (few labels); same seed as the subset
+    labels_per_class: int | None = None  # labelled images per class (few labels): val and calib are carved from them; the rest of train is the unlabelled pool
     labelled_indices: str | None = None  # JSON list of positions in the training file: train on these only (val/calib carved from them)
     image_size: int = 32  # folder: images are resized to this side (CIFAR is 32×32)
     split_seed: int = 0  # fixes the val split and the subset, whatever the training seed
@@ -148,6 +150,17 @@ class TrainConfig:
 
 
 @dataclass
+class SemiConfig:
+    method: SemiMethod = "none"  # fixmatch | pseudo: also learn from the unlabelled pool (needs data.labels_per_class)
+    threshold: float = 0.95  # τ: an unlabelled image teaches only when the model's top probability on its weak view is ≥ τ
+    unlabelled_ratio: int = 3  # μ: unlabelled images per labelled image in a step (FixMatch: 7; fewer fit a CPU hour)
+    unlabelled_weight: float = 1.0  # λ_u: weight of the unlabelled loss beside the labelled one
+    strong_ops: int = 2  # fixmatch's strong view: RandAugment ops per image (after the weak flip + translate)
+    strong_magnitude: int = 16  # of 0..30; about the mean of FixMatch's random magnitudes
+    strong_cutout: int = 16  # then a square of this side is zeroed (FixMatch: half the image)
+
+
+@dataclass
 class Config:
     recipe: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -155,6 +168,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
@@ -235,11 +249,12 @@ _NON_NEGATIVE = (
     "augment.cutmix_alpha", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.warmup_epochs", "optim.gamma",
     "optim.final_lr_factor", "optim.grad_clip", "train.threads", "train.checkpoint_every", "train.checkpoint_epochs",
     "optim.lookahead_every", "optim.lookahead_start_epoch", "finetune.unfreeze_every", "optim.jsd_weight",
+    "semi.unlabelled_weight", "semi.strong_cutout",
 )  # fmt: skip
 _POSITIVE = ("data.train_subset", "data.labels_per_class", "data.image_size", "train.epochs", "train.batch_size",
              "train.eval_batch_size", "train.log_every", "finetune.input_size", "augment.randaugment_ops",
              "augment.augmix_width", "augment.augmix_depth", "augment.augmix_alpha", "train.adversarial_alpha",
-             "train.adversarial_steps")  # fmt: skip
+             "train.adversarial_steps", "semi.unlabelled_ratio", "semi.strong_ops")  # fmt: skip
 
 
 def validate(config: Config) -> Config:
@@ -259,7 +274,8 @@ def validate(config: Config) -> Config:
         if not 0 <= flat[key] < limit:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [0, {limit})")
     for key, low, high in (("augment.random_erasing", 0, 1), ("augment.randaugment_magnitude", 0, 30),
-                           ("augment.augmix_severity", 1, 10), ("augment.noise_sigma", 0, 1)):  # fmt: skip
+                           ("augment.augmix_severity", 1, 10), ("augment.noise_sigma", 0, 1),
+                           ("semi.strong_magnitude", 0, 30)):  # fmt: skip
         if not low <= flat[key] <= high:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [{low}, {high}]")
     for key in ("data.mean", "data.std"):
@@ -268,6 +284,7 @@ def validate(config: Config) -> Config:
     if not 0 < flat["train.adversarial_eps"] <= 1:
         raise CifarlabError(f"train.adversarial_eps={flat['train.adversarial_eps']} is out of range; it must be > 0 "
                             f"and at most 1 (pixel range [0, 1]; 8/255 = 0.0314)")  # fmt: skip
+    _validate_semi(config)
     _validate_jsd(config)
     if not 0 < flat["finetune.layer_decay"] <= 1:
         raise CifarlabError(f"finetune.layer_decay={flat['finetune.layer_decay']} is out of range; it must be in (0, 1]")
@@ -331,6 +348,27 @@ def _validate_dataset(data: DataConfig) -> None:
     chosen = [key for key in ("train_subset", "labels_per_class", "labelled_indices") if getattr(data, key) is not None]
     if len(chosen) > 1:
         raise CifarlabError(f"choose one of data.{' and data.'.join(chosen)}, not {'both' if len(chosen) == 2 else 'all'}")
+
+
+def _validate_semi(config: Config) -> None:
+    """The semi-supervised step runs its own forward passes on the labelled batch and the
+    unlabelled views: it has no AugMix views to compare and crafts no adversarial images."""
+    semi = config.semi
+    if not 0 < semi.threshold <= 1:
+        raise CifarlabError(f"semi.threshold={semi.threshold} is out of range; it must be in (0, 1]")
+    if semi.method == "none":
+        return
+    if config.data.labels_per_class is None:
+        raise CifarlabError(
+            f"semi.method={semi.method} needs data.labels_per_class (--labels-per-class N): N labelled images per "
+            f"class, the rest of the training set is the unlabelled pool"
+        )
+    if config.optim.jsd_weight:
+        raise CifarlabError(f"choose one of semi.method={semi.method} and optim.jsd_weight={config.optim.jsd_weight}, "
+                            f"not both")  # fmt: skip
+    if config.train.adversarial != "none":
+        raise CifarlabError(f"choose one of semi.method={semi.method} and train.adversarial={config.train.adversarial}, "
+                            f"not both")  # fmt: skip
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -546,20 +584,26 @@ def resolve(
     then a YAML file, then CLI flags, then --set lines.
 
     The recipe is `recipe`, else the file's `recipe:` (a run's saved config.yaml names its
-    own), else the recipe for the model the layers name, else the default. With `base` (the
-    saved config of a run being resumed) the layers apply to it instead of a recipe."""
+    own), else the recipe for the model the layers name, else the semi-supervised recipe when
+    they ask for semi.method, else the default. With `base` (the saved config of a run being
+    resumed) the layers apply to it instead of a recipe."""
     layers = [(read_yaml(config_file), str(config_file))] if config_file else []
     layers += [(flags, "command line")] if flags else []
     layers += [(parse_assignment(a), "--set") for a in sets]
     if base is not None:
         return validate(_build([], layers, base))
     asked = [layer for layer, _ in layers if isinstance(layer, dict)]
-    model = next((m["name"] for layer in reversed(asked) if isinstance(m := layer.get("model"), dict) and "name" in m), None)
+    model, semi = _last_asked(asked, "model", "name"), _last_asked(asked, "semi", "method")
     name = recipe or next((layer["recipe"] for layer in reversed(asked) if layer.get("recipe")), None)
-    name = name or (recipe_for_model(model) if model else DEFAULT_RECIPE)
+    name = name or (recipe_for_model(model) if model else SEMI_RECIPE if semi not in (None, "none") else DEFAULT_RECIPE)
     config = _build(_recipe_layers(name), layers, dataclasses.replace(Config(), recipe=name))
     config.recipe = name
     return validate(config)
+
+
+def _last_asked(layers: list[dict], section: str, key: str):
+    """The value of section.key in the last layer that sets it, else None."""
+    return next((v[key] for layer in reversed(layers) if isinstance(v := layer.get(section), dict) and key in v), None)
 
 
 def from_dict(d: dict) -> Config:

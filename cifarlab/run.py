@@ -35,7 +35,7 @@ from .compress.export import save_onnx
 from .compress.prune import TAYLOR_BATCHES
 from .compress.quantize import quantize_int8, require_packages
 from .config import ActiveConfig, Config, QuantizeConfig, from_dict, read_yaml, resolve, validate
-from .data import DeviceLoader, ImageSet, Splits, make_splits, stratified_indices, training_file
+from .data import DeviceLoader, ImageSet, SemiLoader, Splits, make_splits, stratified_indices, training_file
 from .engine import distributed
 from .engine.calibration import describe_fit, fit_record
 from .engine.checkpoint import load_checkpoint, save_calibration, save_checkpoint
@@ -47,7 +47,7 @@ from .engine.runtime import autocast, configure, hardware, seed_everything, sele
 from .engine.trainer import Loaders, Run, StopRun, Trainer
 from .errors import CifarlabError
 from .fileio import atomic_path, write_json, write_text
-from .labels import LabelIssues, active_learning, read_results, summarize
+from .labels import LabelIssues, SemiObjective, active_learning, read_results, summarize
 from .labels.audit import check_folds, checkpoint_probabilities, issues, out_of_fold_probabilities, require_cleanlab, write_csv
 from .models import create_model
 from .robust import RobustnessConfig
@@ -416,8 +416,11 @@ def _train(config: Config, run_dir: Path, device: torch.device, source: Source |
     if verbose:
         print(f"run: {run_dir}  (recipe {config.recipe}, model {config.model.name}, {device})")
     trainer = build_trainer(config, run_dir, device, source, verbose, callbacks)
-    if distributed.is_writer() and not (run_dir / "config.yaml").is_file():
-        write_text(run_dir / "config.yaml", config.to_yaml())
+    if distributed.is_writer():
+        if config.data.labels_per_class is not None and not (run_dir / "labelled.json").is_file():
+            write_json(run_dir / "labelled.json", _labelled_record(config, trainer.splits))
+        if not (run_dir / "config.yaml").is_file():
+            write_text(run_dir / "config.yaml", config.to_yaml())
     if resume and trainer.restore() and verbose:
         print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
     try:
@@ -444,8 +447,9 @@ def build_trainer(config: Config, run_dir: Path, device: torch.device, source: S
         from .viz.tensorboard import TensorBoardLogger
 
         callbacks = [*callbacks, TensorBoardLogger()]
+    semi = SemiObjective(config.semi) if config.semi.method != "none" else None
     return Trainer(config, run_dir, model, param_options, splits, loaders, device, _data_fingerprint(splits),
-                   verbose, callbacks)  # fmt: skip
+                   verbose, callbacks, semi)  # fmt: skip
 
 
 def _build_model(config: Config, num_classes: int, source: Source | None) -> tuple[nn.Module, dict]:
@@ -469,6 +473,14 @@ def _loaders(config: Config, splits: Splits, device: torch.device) -> Loaders:
     views = 3 if config.optim.jsd_weight else 1  # the JSD loss: the clean images and two AugMix views
     train = DeviceLoader(splits.train, c.batch_size, augment=config.augment, shuffle=True, drop_last=True, seed=c.seed,
                          rank=distributed.rank(), world_size=world, views=views, **common)  # fmt: skip
+    if config.semi.method != "none":
+        unlabelled = c.batch_size * config.semi.unlabelled_ratio
+        if unlabelled > len(splits.unlabelled):
+            raise CifarlabError(
+                f"a step takes semi.unlabelled_ratio × train.batch_size = {unlabelled} unlabelled images, more than "
+                f"the {len(splits.unlabelled)} of the pool; lower either"
+            )
+        train = SemiLoader(train, splits.unlabelled, config.semi)
     val = DeviceLoader(distributed.shard(splits.val), c.eval_batch_size, **common) if splits.val else None
     test = DeviceLoader(distributed.shard(splits.test), c.eval_batch_size, **common)
     held_out = splits.calibration_split() if c.calibrate else None
@@ -484,7 +496,21 @@ def _data_fingerprint(splits: Splits) -> str:
         if data is not None:
             digest.update(data.images.contiguous().numpy().tobytes())
             digest.update(data.labels.numpy().tobytes())
+    if splits.unlabelled is not None:
+        digest.update(splits.unlabelled.images.contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def _labelled_record(config: Config, splits: Splits) -> dict:
+    """labelled.json of a few-labels run: which training images had their labels used (train,
+    val and calibration are carved from these with data.split_seed), and a digest to compare runs by."""
+    positions = splits.labelled_positions
+    sizes = {name: len(data) if data is not None else 0
+             for name, data in (("train", splits.train), ("val", splits.val), ("calib", splits.calib))}  # fmt: skip
+    digest = hashlib.blake2b(positions.numpy().tobytes(), digest_size=16).hexdigest()
+    return {"dataset": config.data.dataset, "labels_per_class": config.data.labels_per_class,
+            "split_seed": config.data.split_seed, "labelled": len(positions), **sizes,
+            "unlabelled": len(splits.unlabelled), "digest": digest, "indices": positions.tolist()}  # fmt: skip
 
 
 def _write_report(run_dir: Path, device: str, verbose: bool) -> None:
@@ -724,6 +750,7 @@ def _out_of_fold(config: Config, positions: torch.Tensor, folds: int, folder: Pa
         raise CifarlabError(f"'{folder}' holds an earlier audit's fold runs; delete it, or pass --out")
     flags = {"data": {"labelled_indices": None, "train_subset": None, "labels_per_class": None, "val_size": 0,
                       "calib_size": 0},
+             "semi": {"method": "none"},  # a semi-supervised run's folds learn from their labels only
              "train": _given({"report": False, "device": device, "epochs": epochs})}  # fmt: skip
     fold_config = resolve(flags=flags, sets=sets, base=config)
     try:

@@ -202,7 +202,7 @@ def test_bad_sources_and_targets_give_clear_errors(synthetic_root, tmp_path, cap
         (["--from", str(checkpoint), "--input-size", "64"], "'lenet' is made for them already"),
         (["--from", str(checkpoint), "--data", "cifar10:cat,dgo"], "unknown class.*'dgo'.*cifar10 has: airplane"),
         (["--from", str(checkpoint), "--data", "cifar10:cat"], "two or more comma-separated names"),
-        (["--from", str(checkpoint), "--labels-per-class", "46"], "class 'airplane' has only 45 training images"),
+        (["--from", str(checkpoint), "--labels-per-class", "51"], "class 'airplane' has only 50 training images"),
         (["--from", str(checkpoint), "--data", f"folder:{tmp_path / 'no-folder'}"], "image folder .* does not exist"),
     ]  # fmt: skip
     if find_spec("timm") is None:
@@ -221,7 +221,8 @@ def test_bad_sources_and_targets_give_clear_errors(synthetic_root, tmp_path, cap
 def test_class_subset_and_labels_per_class(synthetic_root):
     splits = make_splits(DataConfig("cifar10:dog,cat", str(synthetic_root), val_size=10, labels_per_class=20))
     assert splits.classes == ["dog", "cat"] and splits.mean == (0.4914, 0.4822, 0.4465)
-    assert splits.train.labels.bincount().tolist() == [20, 20] and len(splits.val) == 10
+    assert splits.train.labels.bincount().tolist() == [15, 15] and splits.val.labels.bincount().tolist() == [5, 5]
+    assert len(splits.unlabelled) == 60 and splits.unlabelled.labels is None  # val comes out of the 20 labels per class
     assert splits.test.labels.bincount().tolist() == [20, 20]  # synthetic: 20 test images per class
     everything = make_splits(DataConfig("cifar10", str(synthetic_root), val_size=10))
     dogs = everything.test.images[everything.test.labels == 5]

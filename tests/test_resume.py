@@ -29,6 +29,9 @@ SETTINGS = {
     # logging on, which must not change a bit
     "fast-lookahead": ["--recipe", "fast", "--set", "optim.lookahead_every=2", "--set", "optim.lookahead_start_epoch=1",
                        "--set", "data.val_size=50", "--set", "train.tta=flip", "--tensorboard"],
+    # FixMatch: the labelled stream cycles within each epoch of the unlabelled pool; both views and the EMA resume
+    "fixmatch": ["--labels-per-class", "10", "--semi", "fixmatch", "--set", "semi.threshold=0.12",
+                 "--set", "semi.unlabelled_ratio=2", "--set", "model.options.widths=[16, 32, 32]"],
     # fine-tuning from ./source: layers unfreeze at epochs 1, 2, 3 (held groups, per-layer lrs), frozen BN statistics
     "finetune-gradual": ["--recipe", "finetune", "--set", "finetune.source=source", "--set", "finetune.strategy=gradual",
                          "--set", "finetune.layer_decay=0.7", "--set", "finetune.freeze_bn=true"],

@@ -43,6 +43,9 @@ RESTORE_CASES = {
     # per-group lrs, Muon, decoupled (per-1024) weight decay, lookahead, the whitening init
     "fast": ("fast", ["model.options.widths=[8, 16, 16]", "optim.lookahead_every=2", "optim.lookahead_start_epoch=0",
                       "data.val_size=50"]),
+    # semi-supervised: the step takes the unlabelled views too
+    "fast-semi": ("fast-semi", ["model.options.widths=[8, 16, 16]", "data.labels_per_class=10", "semi.unlabelled_ratio=2",
+                                "semi.threshold=0.12"]),
 }  # fmt: skip
 
 
@@ -54,13 +57,13 @@ def test_range_test_restores_the_trainer_bit_for_bit(case, synthetic_root, tmp_p
         config = resolve(recipe, sets=[f"data.data_dir={synthetic_root}", "train.batch_size=50", *sets])
         built = build_trainer(config, tmp_path / "run", torch.device("cpu"), verbose=False)
         built.init_from_data()
-        for x, y in list(built.train_loader.epoch(0))[:3]:  # momentum, EMA and running sums under way
-            built.train_step(x, y)
+        for batch in list(built.train_loader.epoch(0))[:3]:  # momentum, EMA and running sums under way
+            built.train_step(*batch)
         return built
 
     def steps(built):
-        for x, y in list(built.train_loader.epoch(1))[:3]:
-            built.train_step(x, y)
+        for batch in list(built.train_loader.epoch(1))[:3]:
+            built.train_step(*batch)
         return {k: v.clone() for k, v in built.eval_model.state_dict().items()}
 
     tested, untouched = trainer(), trainer()

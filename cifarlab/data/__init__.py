@@ -6,6 +6,7 @@ from .loader import DeviceLoader
 from .folder import read_image, read_image_folder
 from .labelled import write_labelled_indices
 from .splits import Splits, make_splits, per_class_indices, stratified_indices, training_file
+from .unlabelled import SemiLoader
 
 __all__ = [
     "DATASETS",
@@ -22,6 +23,7 @@ __all__ = [
     "per_class_indices",
     "read_image",
     "read_image_folder",
+    "SemiLoader",
     "stratified_indices",
     "training_file",
     "verify",

@@ -10,11 +10,30 @@ sees exactly the same images.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+@enum.unique
+class Stream(enum.IntEnum):
+    """Every stream id of the code base, one per consumer: the second part of its (seed, stream,
+    ...) keys, so no two random uses share draws (turning one on does not change another's).
+    A new consumer takes the next number here; `unique` refuses a repeated one. Only the id keeps
+    consumers apart, not the key's length: numpy pads a key to four words with zeros, so
+    (seed, 8) seeds exactly as (seed, 8, 0, 0)."""
+
+    EPOCH = 1  # data/loader.py: the epoch's order, then its crop and flip draws
+    FLIP = 2  # data/loader.py: each image's first flip (alternating flip)
+    POLICY = 3  # data/loader.py: the augmentation policy's plan per image and view
+    ERASE = 4  # data/loader.py: random erasing
+    MIX = 5  # data/loader.py: Mixup / CutMix partners and weights
+    NOISE = 6  # data/loader.py: Gaussian pixel noise (its sigmas, then each batch's noise)
+    ADVERSARIAL_START = 7  # robust/adversarial.py: the random start of each crafted batch
+    UNLABELLED = 8  # data/unlabelled.py: the unlabelled pool's loaders (their own seed)
 
 
 def keyed_seed(*key: int) -> int:

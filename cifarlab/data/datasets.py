@@ -109,17 +109,18 @@ def subset_classes(name: str, classes: list[str]) -> list[int] | None:
 
 @dataclass
 class ImageSet:
-    """Images as uint8 (N, 3, 32, 32), labels as int64 (N,), and the class names."""
+    """Images as uint8 (N, 3, 32, 32), labels as int64 (N,), and the class names. Labels are
+    None for an unlabelled pool (semi-supervised training): what is not there cannot leak."""
 
     images: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None
     classes: list[str]
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.images)
 
     def subset(self, index: torch.Tensor) -> "ImageSet":
-        return ImageSet(self.images[index], self.labels[index], self.classes)
+        return ImageSet(self.images[index], None if self.labels is None else self.labels[index], self.classes)
 
     def select_classes(self, picked: list[int]) -> "ImageSet":
         """The images of the `picked` classes, relabelled 0..len(picked)-1 in that order."""

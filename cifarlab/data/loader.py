@@ -15,28 +15,29 @@ import torch
 
 from ..config import AugmentConfig
 from .augment import (
-    AugmentParams, add_noise, crop_flip, cutout, draw_erasing, draw_params, erase, keyed_generator,
+    AugmentParams, Stream, add_noise, crop_flip, cutout, draw_erasing, draw_params, erase, keyed_generator,
     keyed_numpy_generator, normalize,
 )  # fmt: skip
 from .datasets import ImageSet
 from .mixing import draw_mixing, mix
 from .policies import make_policy
 
-# Stream ids mixed into the (seed, ...) keys, so each random use has its own stream (turning
-# one augmentation on does not change the draws of another).
-_EPOCH_STREAM, _FLIP_STREAM, _POLICY_STREAM, _ERASE_STREAM, _MIX_STREAM, _NOISE_STREAM = 1, 2, 3, 4, 5, 6
-
 
 class DeviceLoader:
     """Yields normalized float batches (x, y) on `device`; y holds class indices, or soft
-    targets (B, classes) when Mixup or CutMix is on. With `views` = k > 1, x holds the batch's
-    images k times, (k·B, C, H, W): first clean (crop and flip only), then k − 1 augmented
-    views, each with its own policy and noise draws (AugMix's consistency loss compares them).
+    targets (B, classes) when Mixup or CutMix is on, or None for a set without labels. With
+    `views` = k > 1, x holds the batch's images k times, (k·B, C, H, W): first clean (crop and
+    flip only), then k − 1 augmented views, each with its own policy and noise draws (AugMix's
+    consistency loss compares them).
 
     An epoch's order and augmentation depend only on (seed, epoch): `epoch(e, start_batch=k)`
     resumes exactly where an interrupted run left off. With world_size > 1 each rank takes
     its slice of every global batch, so all ranks together see the same global order for any
     world size; `batch_size` is the global batch size.
+
+    Loaders that differ only in `redraw` yield the same images in the same order, each with
+    its own augmentation draws, crop and flip included (FixMatch's weak and strong views of an
+    unlabelled batch: data/unlabelled.py).
     """
 
     def __init__(
@@ -55,23 +56,27 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
         views: int = 1,
+        redraw: int = 0,
     ):
         """`augment` is the run's augment section, taken whole so that a new augmentation
         touches only the config and this class; None (evaluation) augments nothing."""
         if batch_size % world_size:
             raise ValueError(f"batch size {batch_size} is not divisible by the world size {world_size}")
         self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
+        self.labels = None if data.labels is None else data.labels.to(device)
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
+        self.redraw = redraw
         self.augment = augment = augment or AugmentConfig(translate=0, flip="none")
         self.policy = make_policy(augment)
         self.channels_last, self.rank, self.world_size = channels_last, rank, world_size
         self.num_classes = len(data.classes)
         self.mean = torch.tensor(mean, device=device)
         self.std = torch.tensor(std, device=device)
-        n = len(self.labels)
-        self.flip_base = torch.rand(n, generator=keyed_generator(seed, _FLIP_STREAM)) < 0.5
+        n = len(self.images)
+        self.flip_base = torch.rand(n, generator=keyed_generator(*self._key(Stream.FLIP))) < 0.5
         self.mixes = augment.mixup_alpha > 0 or augment.cutmix_alpha > 0
+        if self.mixes and self.labels is None:
+            raise ValueError("Mixup and CutMix mix labels; this set has none")
         if views > 1 and self.mixes:
             raise ValueError("several views of a batch need the same images: Mixup and CutMix change them")
         self.views, self.augmented_views = views, max(views - 1, 1)
@@ -81,36 +86,42 @@ class DeviceLoader:
         )  # fmt: skip
 
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = len(self.images)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, AugmentParams | None]:
         """The epoch's sample order and per-position augmentation draws (on the CPU)."""
-        n = len(self.labels)
-        generator = keyed_generator(self.seed, _EPOCH_STREAM, epoch)
+        n = len(self.images)
+        generator = keyed_generator(self.seed, Stream.EPOCH, epoch)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         if not self.augments:
             return order, None
+        if self.redraw:  # the same order, other draws
+            generator = keyed_generator(*self._key(Stream.EPOCH, epoch))
         size = self.images.shape[-1]
         a = self.augment
         params = draw_params(n, a.translate, a.flip, generator, self.flip_base[order], epoch, size)
         if self.policy is not None:
-            plans = keyed_generator(self.seed, _POLICY_STREAM, epoch)
+            plans = keyed_generator(*self._key(Stream.POLICY, epoch))
             params.policy = torch.stack([self.policy.draw(n, plans) for _ in range(self.augmented_views)], 1)
         if a.random_erasing > 0:
-            params.erase = draw_erasing(n, a.random_erasing, keyed_generator(self.seed, _ERASE_STREAM, epoch), size)
+            params.erase = draw_erasing(n, a.random_erasing, keyed_generator(*self._key(Stream.ERASE, epoch)), size)
         if self.mixes:
-            rng = keyed_numpy_generator(self.seed, _MIX_STREAM, epoch)
+            rng = keyed_numpy_generator(*self._key(Stream.MIX, epoch))
             mixing = draw_mixing(n, a.mixup_alpha, a.cutmix_alpha, rng, size)
             params.partner, params.mix_weight, params.mix_box = mixing
         if a.noise_sigma > 0:
-            sigmas = keyed_generator(self.seed, _NOISE_STREAM, epoch)
+            sigmas = keyed_generator(*self._key(Stream.NOISE, epoch))
             params.noise_sigma = torch.rand(n, self.augmented_views, generator=sigmas) * a.noise_sigma
         return order, params
 
-    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _key(self, stream: int, *rest: int) -> tuple[int, ...]:
+        """The key of a random stream; redraw 0's has no redraw part, so a lone loader's draws stay as they were."""
+        return (self.seed, stream, *rest, *((self.redraw,) if self.redraw else ()))
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         order, params = self.epoch_plan(epoch)
-        device = self.labels.device
+        device = self.images.device
         order = order.to(device)
         params = params.to(device) if params is not None else None
         shard = self.batch_size // self.world_size
@@ -120,7 +131,8 @@ class DeviceLoader:
             index = order[start:stop]
             batch_params = params[start:stop] if params is not None else None
             images = self.images[index]
-            x, y = self._transform(images, batch_params), self.labels[index]
+            x = self._transform(images, batch_params)
+            y = None if self.labels is None else self.labels[index]
             if self.mixes:
                 partner = batch_params.partner
                 partner_x = self._transform(self.images[order[partner]], params[partner])
@@ -161,11 +173,11 @@ class DeviceLoader:
         is drawn on the device for the whole global batch, keyed by (seed, epoch, batch, view),
         and this rank takes its rows (from `offset`): the same images for any world size."""
         rows = len(sigma)
-        count = min(self.batch_size, len(self.labels) - batch * self.batch_size)
+        count = min(self.batch_size, len(self.images) - batch * self.batch_size)
         blocks = list(x.split(rows))
         first = len(blocks) - self.augmented_views  # after the clean view, if there is one
         for view in range(self.augmented_views):
-            generator = keyed_generator(self.seed, _NOISE_STREAM, epoch, batch, view, device=x.device)
+            generator = keyed_generator(*self._key(Stream.NOISE, epoch, batch, view), device=x.device)
             noise = torch.randn((count, *x.shape[1:]), generator=generator, device=x.device)[offset : offset + rows]
             blocks[first + view] = add_noise(blocks[first + view], sigma[:, view], noise, self.mean, self.std)
         return torch.cat(blocks)

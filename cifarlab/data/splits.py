@@ -54,7 +54,8 @@ def _pick_per_class(labels: torch.Tensor, quota: torch.Tensor, seed: int) -> tup
 @dataclass
 class Splits:
     """Train / validation / test sets, the calibration hold-out, and the normalization the
-    model is trained with."""
+    model is trained with. Positions are in the training file's terms (`training_file`, the
+    terms of data.labelled_indices)."""
 
     train: ImageSet
     val: ImageSet | None  # None when val_size is 0
@@ -62,7 +63,9 @@ class Splits:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     calib: ImageSet | None = None  # None when calib_size is 0
-    train_positions: torch.Tensor | None = None  # of each training image in the training file (data.labelled_indices' terms)
+    train_positions: torch.Tensor | None = None  # of each training image in the training file
+    labelled_positions: torch.Tensor | None = None  # sorted, of the images train, val and calib are carved from
+    unlabelled: ImageSet | None = None  # with labels_per_class: the other training-file images, labels removed
 
     @property
     def classes(self) -> list[str]:
@@ -100,25 +103,33 @@ def _given(cfg: DataConfig, download: bool) -> tuple[ImageSet, ImageSet, ImageSe
 
 def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
     """Load a dataset and carve what it lacks out of its training images: the test split (an
-    image folder without test/: 10%), the validation split (`val_size`), the calibration
-    hold-out (`calib_size`), then the optional training subset or few-labels subset.
-    With `labelled_indices`, only those training images exist for the run: its validation
-    and calibration hold-outs are carved from them (an active-learning round's labels).
+    image folder without test/: 10%), the labelled images, the validation split (`val_size`),
+    the calibration hold-out (`calib_size`), then the optional training subset.
+
+    The labelled images are the whole training file, or those data.labelled_indices lists (an
+    active-learning round's labels), or `labels_per_class` of each class (stratified, seeded;
+    the other training images become the unlabelled pool, without their labels). Validation
+    and calibration come out of the labelled images: a label budget is all the labels a run sees.
 
     Every carving uses `cfg.split_seed`, not the training seed, so every run of a comparison
     sees the same images in each split; a given test set is untouched. Normalization: the
     config's, else the dataset's published statistics, else (a folder) its training images'.
     """
     full, test, val, published = _given(cfg, download)
-    positions = torch.arange(len(full))
+    positions, unlabelled = torch.arange(len(full)), None
     if cfg.labelled_indices is not None:
         positions = read_labelled_indices(cfg.labelled_indices, len(full))
+    elif cfg.labels_per_class is not None:
+        rest, positions = _few_labels(full, cfg.labels_per_class, cfg.split_seed + 1)
+        unlabelled = ImageSet(full.images[rest], None, full.classes)
+    if len(positions) < len(full):
         full = full.subset(positions)
-    train = full
+    labelled_positions, train = positions, full
     if val is None:
         val_size = len(full) // 10 if cfg.val_size is None else cfg.val_size
         if val_size >= len(full):
-            raise CifarlabError(f"data.val_size={val_size} leaves no training images (the train split has {len(full)})")
+            raise CifarlabError(f"data.val_size={val_size} leaves no training images (it comes out of the "
+                                f"{len(full)} labelled ones)")  # fmt: skip
         if val_size:
             rest, held_out = _held_out(full, val_size, cfg.split_seed, "validation")
             train, val, positions = full.subset(rest), full.subset(held_out), positions[rest]
@@ -131,24 +142,22 @@ def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
             raise CifarlabError(f"train subset {cfg.train_subset} is larger than the {len(train)} training images")
         _, keep = stratified_indices(train.labels, cfg.train_subset, cfg.split_seed + 1)
         train, positions = train.subset(keep), positions[keep]
-    if cfg.labels_per_class is not None:
-        keep = _few_labels(train, cfg.labels_per_class, cfg.split_seed + 1)
-        train, positions = train.subset(keep), positions[keep]
     mean, std = published or channel_stats(train.images)
     mean = tuple(cfg.mean) if cfg.mean is not None else mean
     std = tuple(cfg.std) if cfg.std is not None else std
-    return Splits(train, val, test, mean, std, calib, positions)
+    return Splits(train, val, test, mean, std, calib, positions, labelled_positions, unlabelled)
 
 
-def _few_labels(train: ImageSet, per_class: int, seed: int) -> torch.Tensor:
-    counts = torch.bincount(train.labels, minlength=len(train.classes))
+def _few_labels(full: ImageSet, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rest, picked): positions of the unlabelled pool and of `per_class` labelled images per class."""
+    counts = torch.bincount(full.labels, minlength=len(full.classes))
     if counts.min() < per_class:
         fewest = int(counts.argmin())
         raise CifarlabError(
-            f"data.labels_per_class={per_class}, but class '{train.classes[fewest]}' has only "
-            f"{int(counts[fewest])} training images (after the held-out splits)"
+            f"data.labels_per_class={per_class}, but class '{full.classes[fewest]}' has only "
+            f"{int(counts[fewest])} training images; choose at most {int(counts.min())}"
         )
-    return per_class_indices(train.labels, per_class, seed)[1]
+    return per_class_indices(full.labels, per_class, seed)
 
 
 def _held_out(data: ImageSet, size: int, seed: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:

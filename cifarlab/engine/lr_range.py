@@ -47,8 +47,8 @@ def range_test(trainer: Trainer, start: float, end: float, steps: int, reference
     lrs, losses, smoothed = [], [], []
     stop = f"completed all {steps} steps"
     try:
-        for lr, (x, y) in zip(_exponential(start, end, steps), _batches(trainer)):
-            loss = trainer.train_step(x, y, lr_scale=lr / reference_lr).item()
+        for lr, batch in zip(_exponential(start, end, steps), _batches(trainer)):
+            loss = trainer.train_step(*batch, lr_scale=lr / reference_lr).item()
             lrs.append(lr)
             losses.append(loss)
             smoothed.append(_smooth(losses, smoothed))

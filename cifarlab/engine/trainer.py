@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..config import Config
-from ..data import DeviceLoader, Splits
+from ..data import DeviceLoader, SemiLoader, Splits
 from ..errors import CifarlabError
 from ..fileio import write_json
 from ..robust.adversarial import Adversary, training_attack
@@ -48,7 +48,7 @@ class StopRun(Exception):
 
 @dataclass
 class Loaders:
-    train: DeviceLoader  # this process's slice of every global batch
+    train: DeviceLoader | SemiLoader  # this process's slice of every global batch (semi: labelled and unlabelled)
     val: DeviceLoader | None  # this process's shard of the split (None: no validation split)
     test: DeviceLoader
     calib: DeviceLoader | None = None  # held-out images to fit the temperature on (Splits.calibration_split)
@@ -97,11 +97,14 @@ class Trainer:
     """Trains a built model on built loaders; checkpoints, logs and the final test of one run.
 
     `param_options` are per-parameter optimizer options (fine-tuning's layer-wise lr and
-    gradual unfreezing); `data_fingerprint` identifies the data, checked on resume."""
+    gradual unfreezing); `data_fingerprint` identifies the data, checked on resume. `semi` is
+    the semi-supervised objective (labels/semi.py) when the train loader is a SemiLoader: it
+    is called with (forward, criterion, x, y, unlabelled views) and returns (labelled logits,
+    loss, [unlabelled loss × n, confident, n])."""
 
     def __init__(
         self, config: Config, run_dir: Path, model: nn.Module, param_options: dict, splits: Splits, loaders: Loaders,
-        device: torch.device, data_fingerprint: str, verbose: bool = True, callbacks=(),
+        device: torch.device, data_fingerprint: str, verbose: bool = True, callbacks=(), semi=None,
     ):  # fmt: skip
         c = self.config = config
         self.run_dir, self.splits, self.device, self.verbose = run_dir, splits, device, verbose
@@ -142,6 +145,7 @@ class Trainer:
         attack = training_attack(c.train)  # crafts each training batch anew (robust/adversarial.py); None: off
         self.adversary = (Adversary(self.model, attack, splits.mean, splits.std, c.train.seed, distributed.rank())
                           if attack is not None else None)  # fmt: skip
+        self.semi = semi
         self.log = MetricsLog(run_dir / "metrics.jsonl")
 
         # Position and running sums: all of it is saved in `last` and restored on resume.
@@ -149,9 +153,11 @@ class Trainer:
         self.elapsed = 0.0
         self.best_val_accuracy: float | None = None
         # [loss×n, correct, n] for the epoch so far and for the window since the last log line, of this
-        # rank's images (the global figures are their sum over ranks: distributed.summed)
-        self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=device)
-        self.window_sums = torch.zeros(3, dtype=torch.float64, device=device)
+        # rank's images (the global figures are their sum over ranks: distributed.summed); semi-supervised
+        # runs add [unlabelled loss×m, confident, m] of the unlabelled images
+        width = 6 if semi is not None else 3
+        self.epoch_sums = torch.zeros(width, dtype=torch.float64, device=device)
+        self.window_sums = torch.zeros(width, dtype=torch.float64, device=device)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
 
     @property
@@ -170,8 +176,8 @@ class Trainer:
         with _StopRequest() as stop, bar:
             while self.epoch < c.epochs:
                 self.model.train()
-                for x, y in self.train_loader.epoch(self.epoch, start_batch=self.batch):
-                    self.train_step(x, y)
+                for batch in self.train_loader.epoch(self.epoch, start_batch=self.batch):
+                    self.train_step(*batch)
                     bar.update()
                     if self.step % c.log_every == 0:
                         self.log_window()
@@ -181,14 +187,19 @@ class Trainer:
                         raise KeyboardInterrupt
                 self.end_epoch()
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr_scale: float | None = None) -> torch.Tensor:
-        """One step; returns its (detached) loss. `lr_scale`: every group at its peak lr × this
-        instead of the schedule's lr (the lr range test, engine/lr_range.py)."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, unlabelled: tuple[torch.Tensor, ...] = (),
+                   lr_scale: float | None = None) -> torch.Tensor:  # fmt: skip
+        """One step on a labelled batch (semi-supervised: and the unlabelled batch in its views,
+        a SemiLoader's third item); returns its (detached) loss. `lr_scale`: every group at its
+        peak lr × this instead of the schedule's lr (the lr range test, engine/lr_range.py)."""
         with autocast(self.device, self.config.train.precision):
-            if self.adversary is not None:
-                x = self.adversary(x, y, self.step)
-            logits = self.forward(x)  # all views of the batch together: BatchNorm sees them as one batch
-            loss, logits = self.objective(logits.float(), y)
+            if unlabelled:  # its own forward passes: config.py refuses JSD views and adversarial batches with it
+                logits, loss, unlabelled_sums = self.semi(self.forward, self.criterion, x, y, unlabelled)
+            else:
+                if self.adversary is not None:
+                    x = self.adversary(x, y, self.step)
+                logits = self.forward(x)  # all views of the batch together: BatchNorm sees them as one batch
+                loss, logits = self.objective(logits.float(), y)
         loss.backward()
         if lr_scale is None:
             set_learning_rates(self.optimizers, self.step, self.total_steps, self.steps_per_epoch, self.config.optim)
@@ -208,6 +219,8 @@ class Trainer:
         classes = y if y.ndim == 1 else y.argmax(1)  # mixed targets count as their larger part
         correct = (logits.argmax(1) == classes).sum().double()
         sums = torch.stack([loss.double() * len(y), correct, loss.new_tensor(len(y), dtype=torch.float64)])
+        if unlabelled:
+            sums = torch.cat([sums, unlabelled_sums])
         self.epoch_sums += sums
         self.window_sums += sums
         self.batch += 1
@@ -269,16 +282,28 @@ class Trainer:
             self.clock += paused
             self.window_clock += paused
 
+    @staticmethod
+    def averages(sums: torch.Tensor) -> tuple[dict, float]:
+        """Loss and accuracy over all ranks (semi: the unlabelled loss and the share of unlabelled
+        images above the threshold too) from running sums; and the images they cover."""
+        total = distributed.summed(sums).tolist()
+        loss_sum, correct, seen = total[:3]
+        averages = {"train_loss": loss_sum / seen, "train_acc": correct / seen}
+        if len(total) > 3:
+            unlabelled_loss, confident, unlabelled = total[3:]
+            averages.update(unlabelled_loss=unlabelled_loss / unlabelled, mask_rate=confident / unlabelled)
+            seen += unlabelled
+        return averages, seen
+
     def log_window(self) -> None:
         self.check_finite()
-        loss_sum, correct, seen = distributed.summed(self.window_sums).tolist()
+        averages, seen = self.averages(self.window_sums)
         now = time.perf_counter()
         record = {
             "kind": "step",
             "step": self.step,
             "epoch": round(self.epoch + self.batch / self.steps_per_epoch, 4),
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,
+            **averages,
             "lr": self.lr(),
             "images_per_s": seen / max(now - self.window_clock, 1e-9),
             "elapsed": now - self.clock,
@@ -298,9 +323,7 @@ class Trainer:
         # DDP keeps the parameters equal across ranks; the running statistics are made equal here (each
         # rank's own last update otherwise), so every rank evaluates and saves the same model
         distributed.broadcast_state(self.eval_model, buffers_only=True)
-        loss_sum, correct, seen = distributed.summed(self.epoch_sums).tolist()
-        record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step, "train_loss": loss_sum / seen,
-                  "train_acc": correct / seen}  # fmt: skip
+        record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step, **self.averages(self.epoch_sums)[0]}
         val = None
         if self.val_loader is not None:
             logits, labels = self.predict_split(self.val_loader, len(self.splits.val), "none")

@@ -1,9 +1,12 @@
-"""Labels: which images to label next (simulated active learning) and which given labels are
-probably wrong (confident learning). The loops train ordinary runs through a `train`
-callable that run.py hands down."""
+"""Labels: learning from fewer of them (semi-supervised objectives: FixMatch, pseudo-labelling),
+which images to label next (simulated active learning) and which given labels are probably
+wrong (confident learning). The loops train ordinary runs through a `train` callable that
+run.py hands down."""
 
 from .active import active_learning, read_results, summarize
 from .audit import LabelIssues
+from .semi import SemiObjective, pseudo_labels
 from .strategies import STRATEGIES
 
-__all__ = ["LabelIssues", "STRATEGIES", "active_learning", "read_results", "summarize"]
+__all__ = ["LabelIssues", "STRATEGIES", "SemiObjective", "active_learning", "pseudo_labels", "read_results",
+           "summarize"]  # fmt: skip

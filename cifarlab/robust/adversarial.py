@@ -23,10 +23,8 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..data.augment import keyed_generator
+from ..data.augment import Stream, keyed_generator
 from .attacks import Attack, Normalized, perturb
-
-_START_STREAM = 7  # beside the loader's stream ids (data/loader.py), so no key repeats one of theirs
 
 
 def training_attack(train: TrainConfig) -> Attack | None:
@@ -50,5 +48,5 @@ class Adversary:
     def __call__(self, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         mean, std = self.model.mean, self.model.std
         pixels = (x * std + mean).clamp(0, 1)
-        starts = keyed_generator(self.seed, _START_STREAM, step, self.rank)
+        starts = keyed_generator(self.seed, Stream.ADVERSARIAL_START, step, self.rank)
         return (perturb(self.model, pixels, y, self.attack, starts) - mean) / std

@@ -14,7 +14,8 @@ from .model_parts import first_layer_filters
 
 # metrics.jsonl key → TensorBoard tag, per kind of record (a `stopped` record has none)
 _WINDOW_TAGS = {"train_loss": "train_window/loss", "train_acc": "train_window/accuracy", "lr": "lr",
-                "images_per_s": "throughput/images_per_s"}  # fmt: skip
+                "images_per_s": "throughput/images_per_s", "unlabelled_loss": "train_window/unlabelled_loss",
+                "mask_rate": "train_window/mask_rate"}  # fmt: skip
 _EPOCH_TAGS = {"train_loss": "epoch/train_loss", "train_acc": "epoch/train_accuracy", "val_loss": "epoch/val_loss",
                "val_acc": "epoch/val_accuracy"}  # fmt: skip
 _TEST_TAGS = {"accuracy": "test/accuracy", "loss": "test/loss"}
@@ -38,7 +39,7 @@ class TensorBoardLogger:
         with trainer.untimed():
             self.writer = SummaryWriter(trainer.run_dir / "tensorboard", purge_step=trainer.step or None)
             if trainer.step == 0:
-                x, _ = next(trainer.train_loader.epoch(0))  # the first batch, augmented, as the model sees it
+                x = next(trainer.train_loader.epoch(0))[0]  # the first (labelled) batch, augmented, as the model sees it
                 loader = trainer.train_loader
                 images = x[:32].float() * loader.std.view(1, -1, 1, 1) + loader.mean.view(1, -1, 1, 1)
                 self.writer.add_images("inputs/first_training_batch", images.clamp(0, 1).cpu(), 0)

@@ -1,0 +1,134 @@
+"""Semi-supervised vs labels-only training at equal wall time on this machine. Prints JSON.
+
+    python benchmarks/semi.py --labels-per-class 400 --seeds 0 1 2 --budget-minutes 60
+
+For each seed, two arms of the `fast-semi` recipe on the same labelled images (data.split_seed
+fixes them): its semi-supervised method (fixmatch, or --method pseudo) and labels-only
+(semi.method=none; --baseline-set adds settings to this arm only, e.g. optim.label_smoothing=0.2).
+Each arm gets the same budget: it first trains a few steps (a probe, off the books) to measure
+its seconds per step here, then runs with the most epochs whose steps fit the budget less
+--reserve-minutes (start-up and the final test evaluation, which both arms pay alike). Reported:
+each arm's real train and eval seconds, its test accuracy (eval.json: the test set evaluated
+once, at the end), and semi minus labels-only in points. The probe assumes the machine's speed
+stays as it was: on a shared CPU an arm can end far from the budget (`within_budget` says).
+--results FILE appends each seed as a JSON line and summarizes every line of the same
+labels-per-class and method in the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import cifarlab
+from cifarlab.engine.runtime import hardware
+
+PROBE_STEPS = 8  # the first step (whitening init, allocation) is left out of the timing
+
+
+class _Probe:
+    """Times steps 2..PROBE_STEPS of a run, then stops it."""
+
+    class Done(Exception):
+        pass
+
+    def __init__(self):
+        self.elapsed = {}
+
+    def on_log(self, trainer, record):
+        if record["kind"] == "step":
+            self.elapsed[record["step"]] = record["elapsed"]
+            self.steps_per_epoch = trainer.steps_per_epoch
+            if record["step"] == PROBE_STEPS:
+                raise _Probe.Done
+
+    def seconds_per_step(self) -> float:
+        return (self.elapsed[PROBE_STEPS] - self.elapsed[1]) / (PROBE_STEPS - 1)
+
+
+def arm_config(args, seed: int, method: str, out: Path, extra: list[str], epochs: int | None = None) -> cifarlab.Config:
+    sets = [f"data.labels_per_class={args.labels_per_class}", f"semi.method={method}", f"train.seed={seed}",
+            f"train.out={out}", "train.report=false", *args.set, *extra]  # fmt: skip
+    if args.data_dir:
+        sets.append(f"data.data_dir={args.data_dir}")
+    if epochs is not None:
+        sets.append(f"train.epochs={epochs}")
+    return cifarlab.resolve_config("fast-semi", sets=sets)
+
+
+def run_arm(args, seed: int, method: str, folder: Path, extra: list[str]) -> dict:
+    probe = _Probe()
+    probe_config = arm_config(args, seed, method, folder / f"{method}-seed{seed}-probe", extra + ["train.log_every=1"])
+    try:
+        cifarlab.train(probe_config, callbacks=[probe], verbose=False)
+    except _Probe.Done:
+        pass
+    seconds_per_step = probe.seconds_per_step()
+    train_budget = 60 * (args.budget_minutes - args.reserve_minutes)
+    epochs = max(1, int(train_budget / (seconds_per_step * probe.steps_per_epoch)))
+    run = cifarlab.train(arm_config(args, seed, method, folder / f"{method}-seed{seed}", extra, epochs), verbose=False)
+    test = run.test
+    return {"method": method, "epochs": epochs, "steps_per_epoch": probe.steps_per_epoch,
+            "probe_seconds_per_step": round(seconds_per_step, 3), "accuracy": test["accuracy"],
+            "train_seconds": round(test["train_seconds"], 1), "eval_seconds": round(test["eval_seconds"], 1),
+            "total_seconds": round(test["train_seconds"] + test["eval_seconds"], 1),
+            "within_budget": test["train_seconds"] + test["eval_seconds"] <= 60 * args.budget_minutes}  # fmt: skip
+
+
+def run_seed(args, seed: int, folder: Path) -> dict:
+    semi = run_arm(args, seed, args.method, folder, [])
+    labels_only = run_arm(args, seed, "none", folder, args.baseline_set)
+    return {
+        "labels_per_class": args.labels_per_class, "method": args.method, "seed": seed,
+        "budget_seconds": 60 * args.budget_minutes, "sets": args.set, "baseline_sets": args.baseline_set,
+        "semi": semi, "labels_only": labels_only,
+        "gain_points": round(100 * (semi["accuracy"] - labels_only["accuracy"]), 2), "hardware": hardware(),
+    }  # fmt: skip
+
+
+def summarize(results: list[dict]) -> dict:
+    mean = lambda xs: round(statistics.mean(xs), 5)  # noqa: E731
+    return {
+        "seeds": [r["seed"] for r in results],
+        "semi_accuracy_mean": mean([r["semi"]["accuracy"] for r in results]),
+        "labels_only_accuracy_mean": mean([r["labels_only"]["accuracy"] for r in results]),
+        "gain_points_mean": round(statistics.mean(r["gain_points"] for r in results), 2),
+        "semi_total_seconds_max": max(r["semi"]["total_seconds"] for r in results),
+        "labels_only_total_seconds_max": max(r["labels_only"]["total_seconds"] for r in results),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--labels-per-class", type=int, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--method", default="fixmatch", help="fixmatch | pseudo (default: fixmatch)")
+    parser.add_argument("--budget-minutes", type=float, default=60.0, help="wall time per arm, all included")
+    parser.add_argument("--reserve-minutes", type=float, default=3.0,
+                        help="of the budget, kept for start-up and the final TTA evaluation (default: 3)")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of both arms")
+    parser.add_argument("--baseline-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the labels-only arm only")
+    parser.add_argument("--results", type=Path, help="append each seed as a JSON line here, and summarize the file")
+    parser.add_argument("--runs", type=Path, help="keep the run folders here (default: a temporary folder, deleted)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.runs or Path(scratch)
+        results = []
+        for seed in args.seeds:
+            results.append(run_seed(args, seed, folder))
+            if args.results:
+                with open(args.results, "a") as f:
+                    f.write(json.dumps(results[-1]) + "\n")
+    if args.results:
+        lines = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
+        results = [r for r in lines if (r["labels_per_class"], r["method"]) == (args.labels_per_class, args.method)]
+    print(json.dumps({"runs": results, "summary": summarize(results)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
