@@ -184,3 +184,12 @@ class DeviceLoader:
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+
+def batches_from(loader, step: int = 0) -> Iterator[tuple]:
+    """A loader's batches from global step `step` on, epoch after epoch, without end (each
+    epoch's order and draws are a function of the epoch, so any step can be the start)."""
+    epoch, batch = divmod(step, len(loader))
+    while True:
+        yield from loader.epoch(epoch, batch)
+        epoch, batch = epoch + 1, 0

@@ -18,7 +18,7 @@ import torch
 from ..config import AugmentConfig, SemiConfig
 from .augment import Stream, keyed_seed
 from .datasets import ImageSet
-from .loader import DeviceLoader
+from .loader import DeviceLoader, batches_from
 
 
 def unlabelled_views(augment: AugmentConfig, semi: SemiConfig) -> list[AugmentConfig]:
@@ -54,17 +54,10 @@ class SemiLoader:
 
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple]]:
         streams = [view.epoch(epoch, start_batch) for view in self.views]
-        labelled = self._labelled_from(epoch * len(self) + start_batch)
+        labelled = batches_from(self.labelled, epoch * len(self) + start_batch)
         for _ in range(start_batch, len(self)):
             x, y = next(labelled)
             yield x, y, tuple(next(stream)[0] for stream in streams)
-
-    def _labelled_from(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The labelled batches from global step `step` on, epoch after labelled epoch."""
-        epoch, batch = divmod(step, len(self.labelled))
-        while True:
-            yield from self.labelled.epoch(epoch, batch)
-            epoch, batch = epoch + 1, 0
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         return self.labelled.prepare(images)

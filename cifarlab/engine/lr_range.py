@@ -16,6 +16,7 @@ import copy
 import math
 from dataclasses import asdict, dataclass
 
+from ..data.loader import batches_from
 from .trainer import Trainer
 
 SMOOTHING = 0.98  # fastai's: an exponential moving average over ~50 steps, bias-corrected
@@ -47,7 +48,7 @@ def range_test(trainer: Trainer, start: float, end: float, steps: int, reference
     lrs, losses, smoothed = [], [], []
     stop = f"completed all {steps} steps"
     try:
-        for lr, batch in zip(_exponential(start, end, steps), _batches(trainer)):
+        for lr, batch in zip(_exponential(start, end, steps), batches_from(trainer.train_loader)):
             loss = trainer.train_step(*batch, lr_scale=lr / reference_lr).item()
             lrs.append(lr)
             losses.append(loss)
@@ -91,15 +92,6 @@ def suggest(lrs: list[float], smoothed: list[float], start: float) -> tuple[floa
 def _exponential(start: float, end: float, steps: int):
     for i in range(steps):
         yield start * (end / start) ** (i / max(steps - 1, 1))
-
-
-def _batches(trainer: Trainer):
-    """Training batches as the run would see them, epoch after epoch (the order and
-    augmentation are a function of (seed, epoch): no loader state to restore)."""
-    epoch = 0
-    while True:
-        yield from trainer.train_loader.epoch(epoch)
-        epoch += 1
 
 
 def _smooth(losses: list[float], smoothed: list[float]) -> float:
