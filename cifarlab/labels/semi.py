@@ -26,9 +26,10 @@ class SemiObjective:
     unlabelled loss grows as the model becomes confident on more of the pool).
 
     fixmatch: the pseudo-label comes from the weak view, in a forward pass without gradient
-    (a third of a training pass: cheaper than FixMatch's one pass over all three batches);
-    the labelled and strong batches then go through the net together, so BatchNorm normalizes
-    them as one batch, as in the paper. pseudo: the labelled and weak batches go through
+    (a third of a training pass: cheaper than FixMatch's one pass over all three batches;
+    it runs in train mode, so BatchNorm normalizes the weak batch on its own and its running
+    statistics take one more update per step); the labelled and strong batches then go
+    through the net together, so BatchNorm normalizes them as one batch, as in the paper. pseudo: the labelled and weak batches go through
     together, and the weak view learns its own confident predictions."""
 
     def __init__(self, semi: SemiConfig):
@@ -47,8 +48,8 @@ class SemiObjective:
             logits = forward(torch.cat([x, weak]))
             guess = logits[len(x) :]
         targets, mask = pseudo_labels(guess, self.threshold)
-        unlabelled = (F.cross_entropy(logits[len(x) :].float(), targets, reduction="none") * mask).mean()
+        unlabelled_loss = (F.cross_entropy(logits[len(x) :].float(), targets, reduction="none") * mask).mean()
         labelled = logits[: len(x)]
-        loss = criterion(labelled.float(), y) + self.weight * unlabelled
+        loss = criterion(labelled.float(), y) + self.weight * unlabelled_loss
         n = torch.tensor(len(mask), dtype=torch.float64, device=mask.device)
-        return labelled, loss, torch.stack([unlabelled.detach().double() * n, mask.sum().double(), n])
+        return labelled, loss, torch.stack([unlabelled_loss.detach().double() * n, mask.sum().double(), n])
