@@ -61,7 +61,9 @@ def arm_config(args, seed: int, method: str, out: Path, extra: list[str], epochs
 
 def run_arm(args, seed: int, method: str, folder: Path, extra: list[str]) -> dict:
     probe = _Probe()
-    probe_config = arm_config(args, seed, method, folder / f"{method}-seed{seed}-probe", extra + ["train.log_every=1"])
+    # PROBE_STEPS epochs: the probe stops itself at step PROBE_STEPS even at one step per epoch (25 labels per class).
+    probe_config = arm_config(args, seed, method, folder / f"{method}-seed{seed}-probe", extra + ["train.log_every=1"],
+                              epochs=PROBE_STEPS)
     try:
         cifarlab.train(probe_config, callbacks=[probe], verbose=False)
     except _Probe.Done:

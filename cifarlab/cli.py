@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--data", dest="target", required=True, metavar="TARGET", help=DATASET_HELP)
     finetune.add_argument("--strategy", choices=choices("finetune.strategy"),
                           help="linear: train the new head only; full: everything (layer-wise lr decay); gradual: unfreeze from the top")  # fmt: skip
-    finetune.add_argument("--labels-per-class", type=int, metavar="N", help="train on N labelled images per class")
+    finetune.add_argument("--labels-per-class", type=int, metavar="N",
+                          help="keep the labels of N images per class (val and calib come out of them)")
     finetune.add_argument("--arch", help="architecture of a weights-file source (`cifarlab models`, torchvision:<model>, timm:<name>)")
     finetune.add_argument("--input-size", type=int, metavar="PX", help="torchvision/timm nets: upsample images to PX×PX")
     finetune.add_argument("--cifar-stem", action="store_true", default=None,

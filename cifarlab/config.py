@@ -369,6 +369,14 @@ def _validate_semi(config: Config) -> None:
     if config.train.adversarial != "none":
         raise CifarlabError(f"choose one of semi.method={semi.method} and train.adversarial={config.train.adversarial}, "
                             f"not both")  # fmt: skip
+    # Label smoothing ε trains the top probability toward 1 - ε(K-1)/K, at most 1 - ε/2 (K = 2 classes):
+    # below τ, no weak view would pass the threshold and the unlabelled images would teach nothing.
+    if 1 - config.optim.label_smoothing / 2 < semi.threshold:
+        raise CifarlabError(
+            f"optim.label_smoothing={config.optim.label_smoothing} keeps the model's confidence under "
+            f"semi.threshold={semi.threshold}, so no pseudo-label would pass; use --recipe {SEMI_RECIPE}, "
+            f"or set optim.label_smoothing=0 or a lower semi.threshold"
+        )
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

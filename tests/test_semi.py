@@ -198,6 +198,8 @@ def test_fixmatch_stopped_mid_epoch_resumes_bit_identically(synthetic_root, tmp_
      "choose one of semi.method=fixmatch and optim.jsd_weight"),
     (["--labels-per-class", "10", "--semi", "pseudo", "--set", "train.adversarial=fgsm"],
      "choose one of semi.method=pseudo and train.adversarial=fgsm, not both"),
+    (["--labels-per-class", "10", "--semi", "fixmatch", "--model", "airbench"],  # picks `fast`: label smoothing 0.2
+     "optim.label_smoothing=0.2 keeps the model's confidence under semi.threshold=0.95"),
     (["--labels-per-class", "10", "--semi", "fixmatch", "--set", "data.labelled_indices=labelled.json"],
      "choose one of data.labels_per_class and data.labelled_indices, not both"),
 ])  # fmt: skip
