@@ -83,12 +83,15 @@ def train(config: Config | str, resume: bool = False, verbose: bool = True, call
         raise CifarlabError("--resume needs --out RUN: the folder of the run to continue")
     with distributed.session(config.train.device) as device:
         verbose = verbose and distributed.is_writer()
+        # built before the folder is claimed: whatever refuses the config does so before anything is written,
+        # on every rank at once (under torchrun, a rank that exits first has the others killed mid-cleanup)
+        setup = _setup(config, device, source)
         with _run_directory(config, resume) as run_dir:
             config = dataclasses.replace(config, train=dataclasses.replace(config.train, out=str(run_dir)))
             finished = _finished(run_dir, config, resume, verbose)
             if finished is not None:
                 return finished
-            return _train(config, run_dir, device, source, resume, verbose, callbacks, test)
+            return _train(config, run_dir, setup, resume, verbose, callbacks, test)
 
 
 def finetune(source: str, target: str, strategy: str | None = None, *, arch: str | None = None,
@@ -140,7 +143,8 @@ def prune(source: str | Path, method: str = "channels", amount: float | None = N
             if verbose:
                 print(f"{describe(record)}; fine-tuning for {config.train.epochs} epoch(s)")
             opened = open_source(config.finetune)
-            run = _train(with_source(config, opened), run_dir, dev, opened, False, verbose, callbacks)
+            config = with_source(config, opened)
+            run = _train(config, run_dir, _setup(config, dev, opened), False, verbose, callbacks)
     if verbose:
         was = record.get("source_test_accuracy")
         print(f"pruned: test accuracy {run.test['accuracy']:.2%}" + (f" (source {was:.2%})" if was is not None else "")
@@ -411,11 +415,11 @@ def _finished(run_dir: Path, config: Config, resume: bool, verbose: bool) -> Run
 
 
 # ----------------------------------------------------------------------------- training
-def _train(config: Config, run_dir: Path, device: torch.device, source: Source | None, resume: bool,
-           verbose: bool, callbacks, test: bool = True) -> Run:  # fmt: skip
+def _train(config: Config, run_dir: Path, setup: _Setup, resume: bool, verbose: bool, callbacks,
+           test: bool = True) -> Run:  # fmt: skip
     if verbose:
-        print(f"run: {run_dir}  (recipe {config.recipe}, model {config.model.name}, {device})")
-    trainer = build_trainer(config, run_dir, device, source, verbose, callbacks)
+        print(f"run: {run_dir}  (recipe {config.recipe}, model {config.model.name}, {setup.device})")
+    trainer = setup.trainer(config, run_dir, verbose, callbacks)
     if distributed.is_writer():
         if config.data.labels_per_class is not None and not (run_dir / "labelled.json").is_file():
             write_json(run_dir / "labelled.json", _labelled_record(config, trainer.splits))
@@ -436,20 +440,39 @@ def _train(config: Config, run_dir: Path, device: torch.device, source: Source |
 
 def build_trainer(config: Config, run_dir: Path, device: torch.device, source: Source | None = None,
                   verbose: bool = True, callbacks=()) -> Trainer:  # fmt: skip
-    """The run's data, model and loaders, handed to a Trainer that writes into `run_dir`
-    (seeded: the same config builds the same trainer); also what `lr-find` tests lrs on."""
+    """The Trainer of `config`, writing into `run_dir` (seeded: the same config builds the
+    same trainer); also what `lr-find` tests lrs on."""
+    return _setup(config, device, source).trainer(config, run_dir, verbose, callbacks)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """A run's data, model and loaders: all a Trainer needs but its folder."""
+
+    model: nn.Module
+    param_options: dict
+    splits: Splits
+    loaders: Loaders
+    device: torch.device
+    semi: SemiObjective | None
+
+    def trainer(self, config: Config, run_dir: Path, verbose: bool, callbacks) -> Trainer:
+        if config.train.tensorboard:
+            from .viz.tensorboard import TensorBoardLogger
+
+            callbacks = [*callbacks, TensorBoardLogger()]
+        return Trainer(config, run_dir, self.model, self.param_options, self.splits, self.loaders, self.device,
+                       _data_fingerprint(self.splits), verbose, callbacks, self.semi)  # fmt: skip
+
+
+def _setup(config: Config, device: torch.device, source: Source | None) -> _Setup:
     configure(config.train.threads, config.train.deterministic)
     splits = make_splits(config.data)
     seed_everything(config.train.seed)
     model, param_options = _build_model(config, len(splits.classes), source)
     loaders = _loaders(config, splits, device)
-    if config.train.tensorboard:
-        from .viz.tensorboard import TensorBoardLogger
-
-        callbacks = [*callbacks, TensorBoardLogger()]
     semi = SemiObjective(config.semi) if config.semi.method != "none" else None
-    return Trainer(config, run_dir, model, param_options, splits, loaders, device, _data_fingerprint(splits),
-                   verbose, callbacks, semi)  # fmt: skip
+    return _Setup(model, param_options, splits, loaders, device, semi)
 
 
 def _build_model(config: Config, num_classes: int, source: Source | None) -> tuple[nn.Module, dict]:
