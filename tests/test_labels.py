@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cifarlab import run as run_module
 from cifarlab.cli import main
 from cifarlab.config import ActiveConfig, from_dict, read_yaml, resolve
 from cifarlab.data import make_splits, training_file, write_labelled_indices
@@ -42,9 +43,18 @@ def test_a_run_trains_on_exactly_the_listed_images_with_validation_carved_from_t
     assert len(splits.test) == 200  # the test set is untouched
 
 
+def test_a_few_labels_runs_record_lists_the_same_labels_for_another_run(synthetic_root, tmp_path):
+    few = tiny_config(synthetic_root, "data.labels_per_class=5", "data.val_size=10")
+    record = run_module._labelled_record(few, make_splits(few.data))
+    (tmp_path / "labelled.json").write_text(json.dumps(record))
+    again = make_splits(tiny_config(synthetic_root, f"data.labelled_indices={tmp_path / 'labelled.json'}",
+                                    "data.val_size=10").data)  # fmt: skip
+    assert torch.equal(again.labelled_positions, torch.tensor(record["indices"])) and len(again.labelled_positions) == 50
+
+
 @pytest.mark.parametrize("content, message", [
     ([1, 2, 2], "names an image twice"), ([0, 500], "position 500 is outside the training file's 0..499"),
-    ([], "non-empty JSON list of integers"), ({"indices": [1]}, "non-empty JSON list of integers"),
+    ([], "non-empty JSON list of integers"), ({"labelled": 1}, "non-empty JSON list of integers"),
 ])  # fmt: skip
 def test_a_bad_labelled_indices_file_is_one_error(content, message, synthetic_root, tmp_path):
     (tmp_path / "labelled.json").write_text(json.dumps(content))

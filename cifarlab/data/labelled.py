@@ -3,6 +3,8 @@
 A JSON list of positions in the dataset's training images in file order (CIFAR-10: 0..49,999
 over data_batch_1..5), so a list means the same images whatever the run's validation or
 calibration settings. Active learning writes one per round; anyone can write one by hand.
+A few-labels run's own record, RUN/labelled.json, is read too (its "indices"), so another run
+can learn from exactly the labels that one had.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from ..fileio import read_json, write_json
 def read_labelled_indices(path: str | Path, size: int) -> torch.Tensor:
     """The positions in the file, sorted, checked against a training file of `size` images."""
     values = read_json(path, "data.labelled_indices file")
+    if isinstance(values, dict):  # a run's record
+        values = values.get("indices")
     if not isinstance(values, list) or not values or not all(type(v) is int for v in values):
         raise CifarlabError(f"data.labelled_indices file '{path}' must be a non-empty JSON list of integers "
-                            f"(positions in the training file)")  # fmt: skip
+                            f"(positions in the training file), or a run's labelled.json")  # fmt: skip
     indices = torch.tensor(values, dtype=torch.long)
     outside = indices[(indices < 0) | (indices >= size)]
     if len(outside):
