@@ -3,14 +3,16 @@ flags on the CIFAR-10 test set, checked against a published list of its known la
 prints JSON: hits, precision of the top, recall of the list, and chance (the list's share of
 the 10,000 test images).
 
-    python benchmarks/label_audit.py runs/fast --known cifar10_test_label_errors.json --top 100
+    python benchmarks/label_audit.py runs/fast --known cifar10_mturk.json --top 100
 
-The known list is not shipped, and no copy is available offline here (the cleanlab package
-holds none): it comes from the Label Errors project (Northcutt, Athalye & Mueller, NeurIPS
-2021 Datasets and Benchmarks; labelerrors.com, github.com/cleanlab/label-errors: the CIFAR-10
-test set errors, `cifar10_test_set_label_errors`). --known takes the test-set indices of those
-errors as a JSON list, a .npy array, or a text/CSV file whose lines each start with one (lines
-that do not, such as a header, are skipped).
+The known list is not shipped (the cleanlab package holds no copy): it comes from the Label
+Errors project (Northcutt, Athalye & Mueller, NeurIPS 2021 Datasets and Benchmarks;
+labelerrors.com, github.com/cleanlab/label-errors). --known takes its Mechanical Turk file for
+the CIFAR-10 test set, `mturk/cifar10_mturk.json`, as it is: the images its models flagged, each
+shown to 5 workers; an image is a known error when fewer than 3 of them chose the given
+label (54 images, the paper's count). It also takes the test-set indices of the errors as a
+JSON list, a .npy array, or a text/CSV file whose lines each start with one (lines that do not,
+such as a header, are skipped).
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ import numpy as np
 from cifarlab.run import audit_labels
 
 TEST_IMAGES = 10_000
+MAJORITY = 3  # of the 5 workers who saw each flagged image
 
 
 def read_known(path: Path) -> set[int]:
     if path.suffix == ".json":
         values = json.loads(path.read_text())
+        if values and all(isinstance(v, dict) for v in values):  # the Mechanical Turk file: 5 votes per image
+            values = [v["id"] for v in values if v["mturk"]["given"] < MAJORITY]
     elif path.suffix == ".npy":
         values = np.load(path, allow_pickle=False).tolist()
     else:
