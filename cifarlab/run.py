@@ -83,15 +83,16 @@ def train(config: Config | str, resume: bool = False, verbose: bool = True, call
         raise CifarlabError("--resume needs --out RUN: the folder of the run to continue")
     with distributed.session(config.train.device) as device:
         verbose = verbose and distributed.is_writer()
-        # built before the folder is claimed: whatever refuses the config does so before anything is written,
-        # on every rank at once (under torchrun, a rank that exits first has the others killed mid-cleanup)
-        setup = _setup(config, device, source)
+        # A new run is built before its folder is claimed: whatever refuses the config does so before anything
+        # is made, on every rank (under torchrun, a rank that exits first has the others killed mid-cleanup).
+        # A resumed one is built once its folder proves unfinished: a finished run needs no data.
+        setup = None if resume else _setup(config, device, source)
         with _run_directory(config, resume) as run_dir:
             config = dataclasses.replace(config, train=dataclasses.replace(config.train, out=str(run_dir)))
             finished = _finished(run_dir, config, resume, verbose)
             if finished is not None:
                 return finished
-            return _train(config, run_dir, setup, resume, verbose, callbacks, test)
+            return _train(config, run_dir, setup or _setup(config, device, source), resume, verbose, callbacks, test)
 
 
 def finetune(source: str, target: str, strategy: str | None = None, *, arch: str | None = None,
