@@ -29,8 +29,9 @@ class SemiObjective:
     (a third of a training pass: cheaper than FixMatch's one pass over all three batches;
     it runs in train mode, so BatchNorm normalizes the weak batch on its own and its running
     statistics take one more update per step); the labelled and strong batches then go
-    through the net together, so BatchNorm normalizes them as one batch, as in the paper. pseudo: the labelled and weak batches go through
-    together, and the weak view learns its own confident predictions."""
+    through the net together, so BatchNorm normalizes them as one batch, as in the paper.
+    pseudo: the labelled and weak batches go through together, and the weak view learns its
+    own confident predictions."""
 
     def __init__(self, semi: SemiConfig):
         self.method, self.threshold, self.weight = semi.method, semi.threshold, semi.unlabelled_weight
