@@ -16,7 +16,7 @@ import torch
 
 from cifarlab.cli import main
 from cifarlab.config import resolve
-from cifarlab.engine.lr_range import range_test
+from cifarlab.engine.lr_range import range_test, suggest
 from cifarlab.engine.metrics_log import read_metrics
 from cifarlab.engine.runtime import rng_state
 from cifarlab.errors import CifarlabError
@@ -100,6 +100,20 @@ def test_scaling_keeps_decoupled_weight_decay(synthetic_root, tmp_path):
     for (peak, decay), (lr, now) in zip(before, after):
         assert lr == pytest.approx(peak * 0.5)
         assert (now is None) == (decay is None) and (decay is None or now == pytest.approx(decay / 0.5))
+
+
+def test_the_suggestion_is_a_third_of_the_lr_of_the_lowest_smoothed_loss():
+    lrs = [1e-4 * 10 ** (i / 10) for i in range(41)]  # 1e-4 .. 1
+    valley = [abs(i - 30) + 1.0 for i in range(41)]  # lowest at i = 30: lr 0.1
+    suggestion, note = suggest(lrs, valley, lrs[0])
+    assert suggestion == pytest.approx(0.1 / 3) and "lowest (1) at lr 0.1" in note
+    suggestion, note = suggest(lrs, [math.nan, *valley[1:]], lrs[0])  # a NaN is skipped, not the minimum
+    assert suggestion == pytest.approx(0.1 / 3)
+    suggestion, note = suggest(lrs, [50.0 - i for i in range(41)], lrs[0])  # still falling at the end
+    assert suggestion == pytest.approx(1 / 3) and "still falling" in note
+    # the loss never fell: the minimum is within the first decade of the range
+    assert suggest(lrs, [float(i) for i in range(41)], lrs[0])[0] is None
+    assert suggest(lrs, [math.inf] * 41, lrs[0]) == (None, "no finite loss was measured; start lower (--start)")
 
 
 @pytest.mark.slow
