@@ -315,7 +315,7 @@ def lr_range_curve(record: dict) -> Figure:
     suggestion = record["suggestion"]
     if suggestion is not None:
         ax.axvline(suggestion, color="C3", ls="--", label=f"suggested {record['reference']} = {suggestion:.3g}")
-        at = suggestion * 10
+        at = min((v, lr) for v, lr in zip(smoothed, lrs) if v is not None and np.isfinite(v))[1]
         ax.plot([at], [min(finite)], "v", color="C3", label=f"lowest smoothed loss (lr {at:.3g})")
     ax.set(xscale="log", xlabel=f"{record['reference']} (every parameter group × the same factor)",
            ylabel="training loss", title=f"lr range test: {record['recipe']} ({record['model']}), {record['stop']}")  # fmt: skip
