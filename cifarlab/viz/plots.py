@@ -308,15 +308,14 @@ def lr_range_curve(record: dict) -> Figure:
     ax = figure.subplots()
     ax.plot(lrs, raw, color="C0", alpha=0.3, lw=0.8, label="loss of each step's batch")
     ax.plot(lrs, smoothed, color="C0", lw=1.8, label="smoothed")
-    finite = [v for v in smoothed if v is not None and np.isfinite(v)]
+    finite = [(v, lr) for v, lr in zip(smoothed, lrs) if v is not None and np.isfinite(v)]
     if finite:
-        low, top = min(finite), max(finite[0], min(finite)) * 1.3
+        (low, at), top = min(finite), finite[0][0] * 1.3
         ax.set_ylim(low - 0.1 * (top - low), top)
     suggestion = record["suggestion"]
-    if suggestion is not None:
+    if suggestion is not None:  # there is one only when some smoothed loss is finite
         ax.axvline(suggestion, color="C3", ls="--", label=f"suggested {record['reference']} = {suggestion:.3g}")
-        at = min((v, lr) for v, lr in zip(smoothed, lrs) if v is not None and np.isfinite(v))[1]
-        ax.plot([at], [min(finite)], "v", color="C3", label=f"lowest smoothed loss (lr {at:.3g})")
+        ax.plot([at], [low], "v", color="C3", label=f"lowest smoothed loss (lr {at:.3g})")
     ax.set(xscale="log", xlabel=f"{record['reference']} (every parameter group × the same factor)",
            ylabel="training loss", title=f"lr range test: {record['recipe']} ({record['model']}), {record['stop']}")  # fmt: skip
     ax.title.set_fontsize(9)
