@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 from dataclasses import asdict, dataclass
 
 from ..data.loader import batches_from
@@ -22,6 +23,7 @@ from .trainer import Trainer
 SMOOTHING = 0.98  # fastai's: an exponential moving average over ~50 steps, bias-corrected
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its lowest value
 SUGGESTION_DIVISOR = 3.0
+CLEAR_DIP = 0.05  # the lowest smoothed loss must lie this fraction below the starting loss
 
 
 @dataclass
@@ -62,23 +64,26 @@ def range_test(trainer: Trainer, start: float, end: float, steps: int, reference
     finally:
         trainer.load_state_dict(state, weights, "the state before the lr range test")
         trainer.nonfinite.copy_(nonfinite)
-    suggestion, note = suggest(lrs, smoothed, start)
+    suggestion, note = suggest(lrs, losses, smoothed, start)
     return LrRange(lrs, losses, smoothed, stop, suggestion, note)
 
 
-def suggest(lrs: list[float], smoothed: list[float], start: float) -> tuple[float | None, str]:
-    """The lr at the smoothed loss's minimum, ÷ 3.
+def suggest(lrs: list[float], losses: list[float], smoothed: list[float], start: float) -> tuple[float | None, str]:
+    """The lr at the smoothed loss's minimum, ÷ 3, when the loss fell clearly.
 
     Why ÷ 3 and not fastai's ÷ 10: at the minimum the lr is at the edge of divergence (the
     loss still falls there only because the average lags), so the suggestion must sit below
     it, but a tenth was too cautious here. On ResNet-20 and `fast90` a third of the minimum
     lands on the recipes' published lrs (0.093 vs 0.1, 52 vs 54.3), where ÷ 10 gave a third
     of them and lost 11 and 3 points of 2-epoch validation accuracy to × 3 (README, Tuning).
-    It needs a clear dip: where the loss barely falls in the test (ShuffleNetV2 in 100 steps),
-    the minimum is noise and so is the suggestion. Why not the steepest descent: it is the
-    derivative of a noisy curve; over ~100 steps it jumps between local dips, from one seed
-    to the next, by a decade. None when the minimum is within the first decade of the range
-    (the loss never fell: start lower)."""
+    Why not the steepest descent: it is the derivative of a noisy curve; over ~100 steps it
+    jumps between local dips, from one seed to the next, by a decade.
+
+    None when there is no clear dip, because then the minimum is noise: when the minimum is
+    within the first decade of the range (the loss never fell: start lower), or when it lies
+    less than 5% below the starting loss (the median loss of the first decade of lrs, where
+    the net barely moves). ShuffleNetV2's 100-step test fell 1% (ResNet-20's 8%, `fast90`'s
+    11%), and its suggestion lost 13 points to × 3; more steps give the net time to learn."""
     finite = [(value, lr) for value, lr in zip(smoothed, lrs) if math.isfinite(value)]
     if not finite:
         return None, "no finite loss was measured; start lower (--start)"
@@ -86,6 +91,10 @@ def suggest(lrs: list[float], smoothed: list[float], start: float) -> tuple[floa
     if at < 10 * start:
         return None, (f"the smoothed loss is lowest at lr {at:.3g}, within a decade of --start {start:.3g}: "
                       f"the loss never fell; start lower, e.g. --start {start / 100:.3g}")  # fmt: skip
+    starting = statistics.median(loss for loss, lr in zip(losses, lrs) if lr < 10 * start)
+    if lowest > (1 - CLEAR_DIP) * starting:
+        return None, (f"the smoothed loss fell only from {starting:.4g} to {lowest:.4g} (at lr {at:.3g}), less than "
+                      f"{CLEAR_DIP:.0%}: no clear dip, so its minimum is noise; run more --steps, or keep the recipe's lr")  # fmt: skip
     suggestion = at / SUGGESTION_DIVISOR
     note = f"the smoothed loss is lowest ({lowest:.4g}) at lr {at:.3g}; suggested: that ÷ {SUGGESTION_DIVISOR:g}"
     if at == lrs[-1]:

@@ -7,6 +7,7 @@ thread or a headless server alike.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -301,7 +302,7 @@ def active_learning_curves(summary: dict[str, list[dict]]) -> Figure:
 
 def lr_range_curve(record: dict) -> Figure:
     """`cifarlab lr-find`: the training loss against the lr (log scale), raw and smoothed, with
-    the suggestion and the minimum it came from marked. The y range stops a little above the
+    the suggestion and the minimum it came from marked, or why there is none. The y range stops a little above the
     first smoothed loss, so the divergence at the end does not flatten the rest."""
     lrs, raw, smoothed = record["lrs"], record["losses"], record["smoothed"]
     figure = Figure(figsize=(8, 4.5), layout="constrained")
@@ -316,6 +317,9 @@ def lr_range_curve(record: dict) -> Figure:
     if suggestion is not None:  # there is one only when some smoothed loss is finite
         ax.axvline(suggestion, color="C3", ls="--", label=f"suggested {record['reference']} = {suggestion:.3g}")
         ax.plot([at], [low], "v", color="C3", label=f"lowest smoothed loss (lr {at:.3g})")
+    else:
+        note = textwrap.fill(f"no suggestion: {record['note']}", 70)
+        ax.text(0.02, 0.6, note, transform=ax.transAxes, fontsize=8, va="center", color="C3")
     ax.set(xscale="log", xlabel=f"{record['reference']} (every parameter group × the same factor)",
            ylabel="training loss", title=f"lr range test: {record['recipe']} ({record['model']}), {record['stop']}")  # fmt: skip
     ax.title.set_fontsize(9)
