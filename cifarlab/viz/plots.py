@@ -302,8 +302,8 @@ def active_learning_curves(summary: dict[str, list[dict]]) -> Figure:
 
 def lr_range_curve(record: dict) -> Figure:
     """`cifarlab lr-find`: the training loss against the lr (log scale), raw and smoothed, with
-    the suggestion and the minimum it came from marked, or why there is none. The y range stops a little above the
-    first smoothed loss, so the divergence at the end does not flatten the rest."""
+    the suggestion and the minimum it came from marked, or why there is none. The y range stops
+    a little above the first smoothed loss, so the divergence at the end does not flatten the rest."""
     lrs, raw, smoothed = record["lrs"], record["losses"], record["smoothed"]
     figure = Figure(figsize=(8, 4.5), layout="constrained")
     ax = figure.subplots()
