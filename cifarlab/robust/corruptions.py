@@ -17,15 +17,15 @@ Two departures, both checked in tests/test_robustness.py:
   written and one gather per iteration gives the same image.
 Frost uses the reference's own texture photos, shipped by the `imagecorruptions` package.
 
-Cost of all 5 severities of 10,000 images: measured on 1,000 real test images and scaled ×10,
-on the 2-core development CPU (AMD EPYC) with a training job running beside it, so roughly
-half the machine; about 215 s for all 19 (`cifarlab robustness` records each run's own
-figures in robustness.json):
+Cost of all 5 severities of the 10,000 test images, alone on the 2-core development CPU
+(AMD EPYC), from the `cifarlab robustness runs/fast --attack none` run kept in
+benchmarks/results/robustness-fast.json (each run records its own figures there): 302 s for
+all 19, besides 79-94 s to evaluate each corruption's 50,000 images with the `fast` net:
 
-    gaussian_noise 3 s, shot_noise 9 s, impulse_noise 2 s, defocus_blur 6 s, glass_blur 5 s
-    motion_blur 18 s, zoom_blur 46 s, snow 19 s, frost 2 s, fog 4 s, brightness 19 s
-    contrast 4 s, elastic_transform 33 s, pixelate 3 s, jpeg_compression 9 s, speckle_noise 3 s
-    gaussian_blur 3 s, spatter 5 s, saturate 14 s
+    gaussian_noise 9 s, shot_noise 16 s, impulse_noise 4 s, defocus_blur 3 s, glass_blur 9 s
+    motion_blur 26 s, zoom_blur 49 s, snow 21 s, frost 5 s, fog 12 s
+    brightness 31 s, contrast 5 s, elastic_transform 61 s, pixelate 3 s, jpeg_compression 9 s
+    speckle_noise 10 s, gaussian_blur 3 s, spatter 6 s, saturate 23 s
 """
 
 from __future__ import annotations
