@@ -134,6 +134,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
     deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs repeat exactly anyway)
     threads: int = 0  # CPU threads for torch; 0 = torch's default (all cores)
+    reuse_memory: bool = True  # keep freed memory in the process for the next step (CPU: no page faults on it; engine/runtime.py)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each rank's slice (CUDA)
     log_every: int = 50  # steps between metrics.jsonl lines
     checkpoint_every: int = 0  # steps between mid-epoch `last` checkpoints; 0 = at epoch ends only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import platform
 import random
@@ -30,11 +31,34 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def configure(threads: int, deterministic: bool) -> None:
+def configure(threads: int, deterministic: bool, reuse_memory: bool = False) -> None:
     if threads:
         torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not deterministic
+    if reuse_memory:
+        keep_freed_memory()
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Make the C allocator keep the memory tensors free inside the process, for the next ones.
+
+    glibc serves every block over 32 MiB with a fresh mmap and unmaps it when it is freed, so
+    each training step on the CPU page-faults its large activations and gradients in anew (the
+    kernel zeroes every page): fast90, 20 steps, 3.3M page faults and 10 s of system time, 27%
+    of the step time. With mmap off and no trimming, the freed blocks stay in the heap and the
+    next step reuses them; the process keeps its peak memory until it exits. Process-wide, like
+    the thread count; numerics are unchanged. False (and nothing changed) where the C library
+    has no mallopt (macOS, Windows).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def seed_everything(seed: int) -> None:
