@@ -6,7 +6,13 @@ Prints JSON.
 
 Times are wall-clock seconds on this machine: `train_seconds` runs from the first step (the
 whitening init included) to the end of the last epoch; `eval_seconds` is the one final test
-evaluation with the recipe's TTA; their sum is the headline. The final accuracy comes from
+evaluation with the recipe's TTA; their sum is the headline. `train_gflop_per_s` is the
+training's arithmetic (FLOPs of one forward and backward pass per image, counted by
+torch.utils.flop_counter, × the images trained on) over `train_seconds`; with --peak, the
+process first measures this CPU's fp32 matmul rate (`fp32_matmul_gflop_per_s`), and each run
+says what fraction of it the training reached. The count is of direct convolution; where
+oneDNN computes a conv with fewer operations (Winograd), the fraction can pass 1: `fast`
+reached 1.19 on the development machine. The final accuracy comes from
 the honest path (eval.json: fixed budget, test evaluated once). With --probe the test set is
 also evaluated after every epoch, off the clock and without influencing training, to find
 when each threshold was first crossed (time = training time so far + that evaluation).
@@ -28,11 +34,13 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 import cifarlab
 from cifarlab.data import DeviceLoader, get_spec, load_split, locate
 from cifarlab.engine.metrics import predict
+from cifarlab.engine.metrics_log import read_metrics
 from cifarlab.engine.runtime import autocast, hardware
 
 THRESHOLDS = (0.90, 0.93, 0.94)
@@ -62,7 +70,29 @@ def times_to_thresholds(points: list[dict]) -> dict:
     return out
 
 
-def run_recipe(recipe: str, seed: int, data_dir: str | None, sets: list[str], probe: bool, out: Path) -> dict:
+def matmul_peak(seconds: float = 5.0, n: int = 2048) -> float:
+    """This CPU's fp32 GFLOP/s on n × n matmuls with torch's threads: the ceiling a training
+    run's arithmetic rate is set against."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        calls += 1
+    return 2 * n**3 * calls / (time.perf_counter() - start) / 1e9
+
+
+def train_flops_per_image(config: cifarlab.Config) -> float:
+    """FLOPs of one training forward and backward pass per image (frozen layers compute no
+    weight gradients, so this is less than 3× the forward's)."""
+    model = cifarlab.create_model(config.model.name, **config.model.options).train()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+    return counter.get_total_flops() / 2
+
+
+def run_recipe(recipe: str, seed: int, data_dir: str | None, sets: list[str], probe: bool, out: Path,
+               peak: float | None = None) -> dict:  # fmt: skip
     config = cifarlab.resolve_config(
         recipe, flags={"train": {"seed": seed, "out": str(out)}, "data": {"data_dir": data_dir}}, sets=sets
     )
@@ -71,11 +101,14 @@ def run_recipe(recipe: str, seed: int, data_dir: str | None, sets: list[str], pr
     final = {"epoch": config.train.epochs, "train_seconds": run.test["train_seconds"],
              "eval_seconds": run.test["eval_seconds"], "accuracy": run.test["accuracy"]}  # fmt: skip
     points = probe_callback.points[:-1] + [final] if probe else [final]
+    steps = [m["step"] for m in read_metrics(run.dir / "metrics.jsonl") if m.get("kind") == "epoch"][-1]
+    gflop_per_s = train_flops_per_image(config) * steps * config.train.batch_size / final["train_seconds"] / 1e9
     return {
         "recipe": recipe, "seed": seed, "sets": sets, "final_accuracy": run.test["accuracy"],
         "train_seconds": round(final["train_seconds"], 1), "eval_seconds": round(final["eval_seconds"], 1),
         "total_seconds": round(final["train_seconds"] + final["eval_seconds"], 1), "tta": config.train.tta,
         "time_to": times_to_thresholds(points), "probes": points if probe else None,
+        "train_gflop_per_s": round(gflop_per_s, 1), "of_fp32_matmul_peak": round(gflop_per_s / peak, 3) if peak else None,
     }  # fmt: skip
 
 
@@ -165,14 +198,16 @@ def main() -> None:
                         help="first one untimed run (seed 1000), so torch.compile and cuDNN autotuning are not timed")
     parser.add_argument("--runs", metavar="DIR", help="keep the run directories here")
     parser.add_argument("--results", help="JSON-lines file: append each seed, summarize all lines of the recipe")
+    parser.add_argument("--peak", action="store_true", help="first measure the CPU's fp32 matmul GFLOP/s (5 s)")
     args = parser.parse_args()
+    peak = matmul_peak() if args.peak else None
 
     results = []
     with tempfile.TemporaryDirectory(prefix="cifarlab-bench-") as tmp:
         warmup = run_recipe(args.recipe, 1000, args.data_dir, args.set, False, Path(tmp) / "warmup") if args.warmup else None
         for seed in args.seeds:
             out = Path(args.runs or tmp) / f"{args.recipe}-seed{seed}"
-            result = run_recipe(args.recipe, seed, args.data_dir, args.set, args.probe, out)
+            result = run_recipe(args.recipe, seed, args.data_dir, args.set, args.probe, out, peak)
             results.append(result)
             if args.results:
                 with open(args.results, "a") as f:
@@ -181,7 +216,8 @@ def main() -> None:
     if args.results:
         lines = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
         runs = [r for r in lines if r.get("recipe") == args.recipe and r.get("sets") == args.set]
-    report = {"benchmark": "time_to_accuracy", "hardware": hardware(), "recipe": args.recipe, "runs": runs,
+    report = {"benchmark": "time_to_accuracy", "hardware": hardware(), "recipe": args.recipe,
+              "fp32_matmul_gflop_per_s": round(peak, 1) if peak else None, "runs": runs,
               "summary": summarize(runs), "warmup_run": warmup}  # fmt: skip
     if args.baseline_epochs:
         config = cifarlab.resolve_config(args.recipe, sets=args.set)
