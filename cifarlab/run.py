@@ -125,7 +125,7 @@ def prune(source: str | Path, method: str = "channels", amount: float | None = N
     config = pruned_config(checkpoint.config(), method, finetune_epochs, out, data_dir, device, sets)
     source_run = _run_folder(checkpoint.path)
     with distributed.session(config.train.device) as dev:
-        configure(config.train.threads, config.train.deterministic, config.train.reuse_memory)
+        configure(config.train)
         seed_everything(config.train.seed)
         splits = make_splits(config.data)
         checkpoint.model.to(dev)
@@ -467,7 +467,7 @@ class _Setup:
 
 
 def _setup(config: Config, device: torch.device, source: Source | None) -> _Setup:
-    configure(config.train.threads, config.train.deterministic, config.train.reuse_memory)
+    configure(config.train)
     splits = make_splits(config.data)
     seed_everything(config.train.seed)
     model, param_options = _build_model(config, len(splits.classes), source)

@@ -28,7 +28,7 @@ def small_config(data_root, out, *sets):
 
 
 @pytest.mark.slow
-def test_train_writes_a_complete_run_directory(synthetic_root, tmp_path):
+def test_train_writes_a_complete_run_directory(synthetic_root, tmp_path, monkeypatch):
     run = cifarlab.train(small_config(synthetic_root, tmp_path / "run", "optim.ema_decay=0.9"), verbose=False)
     d = run.dir
     assert (d / "config.yaml").is_file() and (d / "eval.json").is_file()
@@ -46,9 +46,12 @@ def test_train_writes_a_complete_run_directory(synthetic_root, tmp_path):
     assert sum(map(sum, result["confusion_matrix"])) == 200
     assert set(result["per_class"]) == set(run.test["per_class"]) and len(result["per_class"]) == 10
     assert result["val_accuracy"] == max(r["val_acc"] for r in epochs)
-    # the checkpoint is the model: evaluating it again gives the same figures
+    # the checkpoint is the model: evaluating it again gives the same figures, with the run's memory reuse
+    kept = []
+    monkeypatch.setattr("cifarlab.engine.inference.keep_freed_memory", lambda: kept.append(True))
     again = cifarlab.evaluate(d, split="test")
     assert again["accuracy"] == result["accuracy"] and again["confusion_matrix"] == result["confusion_matrix"]
+    assert kept and run.config.train.reuse_memory
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from ..errors import CifarlabError
 from .calibration import probabilities as calibrated
 from .checkpoint import Checkpoint, load_checkpoint
 from .metrics import finite, metrics_from_logits, predict
-from .runtime import autocast, select_device
+from .runtime import autocast, keep_freed_memory, select_device
 
 
 def evaluate(
@@ -49,7 +49,10 @@ def evaluate(
 
 def checkpoint_loader(checkpoint: Checkpoint, config: Config, data: ImageSet, device: torch.device) -> DeviceLoader:
     """Feed `data` to the checkpoint's model as its run's final test did: same normalization,
-    batch size and memory format (the model is put in that format too), so the logits repeat."""
+    batch size and memory format (the model is put in that format too), so the logits repeat;
+    freed memory is kept for reuse as in the run (process-wide: see runtime.keep_freed_memory)."""
+    if config.train.reuse_memory:
+        keep_freed_memory()
     channels_last = config.train.channels_last
     checkpoint.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return DeviceLoader(data, config.train.eval_batch_size, checkpoint.mean, checkpoint.std, device=device,

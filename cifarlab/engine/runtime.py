@@ -11,6 +11,7 @@ import random
 import numpy as np
 import torch
 
+from ..config import TrainConfig
 from ..errors import CifarlabError
 
 
@@ -31,12 +32,13 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def configure(threads: int, deterministic: bool, reuse_memory: bool = False) -> None:
-    if threads:
-        torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    torch.backends.cudnn.benchmark = not deterministic
-    if reuse_memory:
+def configure(train: TrainConfig) -> None:
+    """Apply a run's process-wide settings: threads, determinism, memory reuse."""
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    torch.use_deterministic_algorithms(train.deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not train.deterministic
+    if train.reuse_memory:
         keep_freed_memory()
 
 
