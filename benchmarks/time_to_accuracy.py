@@ -56,7 +56,8 @@ class TestProbe:
         with trainer.untimed():
             start = time.perf_counter()
             tta = trainer.config.train.tta
-            logits, labels = predict(trainer.eval_model, trainer.test_loader, tta, autocast(trainer.device, trainer.config.train.precision))
+            logits, labels = predict(trainer.eval_model, trainer.test_loader, tta, autocast(trainer.device, trainer.config.train.precision),
+                                     trainer.config.train.tta_share)  # fmt: skip
             accuracy = (logits.argmax(1) == labels).double().mean().item()
             self.points.append({"epoch": trainer.epoch, "train_seconds": trainer.elapsed,
                                 "eval_seconds": time.perf_counter() - start, "accuracy": accuracy})  # fmt: skip

@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta", nargs="?", const="flip-translate", default="none", choices=choices("train.tta"),
         help="test-time augmentation (bare --tta: flip-translate)",
     )  # fmt: skip
+    evaluate.add_argument("--tta-share", type=float, default=1.0, metavar="S",
+                          help="TTA views only for this share of each batch, least sure images first (default 1: all)")  # fmt: skip
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -403,7 +405,7 @@ def _eval(args) -> None:
     from .engine.metrics import format_report
 
     metrics = evaluate(args.source, split=args.split, tta=args.tta, data_dir=args.data_dir, device=args.device,
-                       raw=args.raw)  # fmt: skip
+                       raw=args.raw, tta_share=args.tta_share)  # fmt: skip
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:

@@ -140,6 +140,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch `last` checkpoints; 0 = at epoch ends only
     checkpoint_epochs: int = 1  # epochs between epoch-end `last` checkpoints; 0 = after the final epoch only
     tta: TTA = "none"  # final test evaluation: flip adds the mirror image, flip-translate also 1-px shifts
+    tta_share: float = 1.0  # the share of each test batch, least sure images first, that gets the TTA views (1: all)
     out: str | None = None  # run directory; None = runs/<recipe>
     tensorboard: bool = False  # log scalars and a few images live to <out>/tensorboard (`tensorboard --logdir runs`)
     report: bool = True  # write <out>/report.html after the final test (`cifarlab report` writes it later)
@@ -287,8 +288,9 @@ def validate(config: Config) -> Config:
                             f"and at most 1 (pixel range [0, 1]; 8/255 = 0.0314)")  # fmt: skip
     _validate_semi(config)
     _validate_jsd(config)
-    if not 0 < flat["finetune.layer_decay"] <= 1:
-        raise CifarlabError(f"finetune.layer_decay={flat['finetune.layer_decay']} is out of range; it must be in (0, 1]")
+    for key in ("finetune.layer_decay", "train.tta_share"):
+        if not 0 < flat[key] <= 1:
+            raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in (0, 1]")
     _validate_dataset(config.data)
     check_model_name(config.model.name)
     if config.train.device not in ("auto", "cpu", "cuda") and not config.train.device.startswith("cuda:"):

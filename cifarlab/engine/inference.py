@@ -17,7 +17,7 @@ from .runtime import autocast, keep_freed_memory, select_device
 
 def evaluate(
     source: str | Path, split: str = "test", tta: str = "none", data_dir: str | None = None, device: str = "auto",
-    raw: bool = False,
+    raw: bool = False, tta_share: float = 1.0,
 ) -> dict:
     """Metrics of a run's (best) checkpoint, or any checkpoint, on its dataset's val or test split.
 
@@ -29,6 +29,8 @@ def evaluate(
         raise CifarlabError(f"unknown split '{split}'; choose 'val' or 'test'")
     if tta not in choices("train.tta"):
         raise CifarlabError(f"unknown TTA '{tta}'; choose one of: {', '.join(choices('train.tta'))}")
+    if not 0 < tta_share <= 1:
+        raise CifarlabError(f"--tta-share={tta_share} is out of range; it must be in (0, 1]")
     dev = select_device(device)
     checkpoint = load_checkpoint(source, dev)
     config = checkpoint.config(data_dir)
@@ -37,12 +39,13 @@ def evaluate(
     if data is None:
         raise CifarlabError("this run was trained with data.val_size=0: it has no validation split")
     loader = checkpoint_loader(checkpoint, config, data, dev)
-    logits, labels = predict(checkpoint.model, loader, tta, autocast(dev, config.train.precision))
+    logits, labels = predict(checkpoint.model, loader, tta, autocast(dev, config.train.precision), tta_share)
     finite(logits, source)
     return {
         "split": split,
         "checkpoint": str(checkpoint.path),
         "tta": tta,
+        "tta_share": tta_share,
         **metrics_from_logits(logits, labels, checkpoint.classes, None if raw else checkpoint.temperature),
     }
 

@@ -6,6 +6,7 @@ calibrated (engine/calibration.py), and their text summary.
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import torch
@@ -17,34 +18,47 @@ from ..errors import CifarlabError
 from ..fileio import read_json
 from .calibration import calibration_metrics
 
-def _flip_average(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (model(x) + model(x.flip(-1)))
 
-
-def tta_logits(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: str, share: float = 1.0) -> torch.Tensor:
     """Average logits over views: 'flip' adds the mirror image; 'flip-translate' also averages
     1-px shifts up-left and down-right (reflect-padded), each with its mirror, weighted as in
-    airbench (half the weight on the unshifted pair)."""
+    airbench (half the weight on the unshifted pair). With `share` < 1 only that share of the
+    batch, the images whose plain view is least sure (smallest gap between its two highest
+    logits), gets the other views; the rest keep the plain view's logits: TTA rarely changes
+    a sure prediction, and the other views are all of its cost."""
+    plain = model(x)
     if tta == "none":
-        return model(x)
-    logits = _flip_average(model, x)
+        return plain
+    if share >= 1:
+        return _views_average(model, x, plain, tta)
+    top = plain.topk(2, dim=1).values
+    unsure = (top[:, 0] - top[:, 1]).topk(math.ceil(share * len(x)), largest=False).indices
+    logits = plain.clone()
+    logits[unsure] = _views_average(model, x[unsure], plain[unsure], tta)
+    return logits
+
+
+def _views_average(model: nn.Module, x: torch.Tensor, plain: torch.Tensor, tta: str) -> torch.Tensor:
+    logits = 0.5 * (plain + model(x.flip(-1)))
     if tta == "flip":
         return logits
     h, w = x.shape[-2:]
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
-    return 0.5 * logits + 0.25 * sum(_flip_average(model, s) for s in shifted)
+    return 0.5 * logits + 0.25 * sum(0.5 * (model(s) + model(s.flip(-1))) for s in shifted)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DeviceLoader, tta: str = "none", autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits and labels (on the CPU) for every image of the loader, in order."""
+def predict(model: nn.Module, loader: DeviceLoader, tta: str = "none", autocast=None,
+            tta_share: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Float32 logits and labels (on the CPU) for every image of the loader, in order
+    (`tta_share`: see tta_logits)."""
     was_training = model.training
     model.eval()
     outputs, labels = [], []
     with autocast or contextlib.nullcontext():
         for x, y in loader.epoch(0):
-            outputs.append(tta_logits(model, x, tta).float().cpu())
+            outputs.append(tta_logits(model, x, tta, tta_share).float().cpu())
             labels.append(y.cpu())
     model.train(was_training)
     return torch.cat(outputs), torch.cat(labels)

@@ -350,7 +350,8 @@ class Trainer:
 
     def predict_split(self, loader: DeviceLoader, total: int, tta: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels of a whole split (`total` images) on every rank; each predicts its shard."""
-        logits, labels = predict(self.eval_model, loader, tta, autocast(self.device, self.config.train.precision))
+        logits, labels = predict(self.eval_model, loader, tta, autocast(self.device, self.config.train.precision),
+                                 self.config.train.tta_share)  # fmt: skip
         return distributed.gather_shards(logits, total), distributed.gather_shards(labels, total)
 
     def record(self, record: dict) -> None:
@@ -507,6 +508,7 @@ class Trainer:
             "split": "test",
             "checkpoint": chosen,
             "tta": c.tta,
+            "tta_share": c.tta_share,
             "val_accuracy": self.best_val_accuracy,
             "train_seconds": self.elapsed,
             "eval_seconds": eval_seconds,
