@@ -409,7 +409,8 @@ def _eval(args) -> None:
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        print(f"{metrics['checkpoint']} on {args.split} ({metrics['num_images']} images, tta={args.tta}):")
+        share = f", TTA for {args.tta_share:.0%} of each batch" if args.tta != "none" and args.tta_share < 1 else ""
+        print(f"{metrics['checkpoint']} on {args.split} ({metrics['num_images']} images, tta={args.tta}{share}):")
         print(format_report(metrics, list(metrics["per_class"])))
 
 
