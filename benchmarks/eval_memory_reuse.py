@@ -4,8 +4,8 @@
     python benchmarks/eval_memory_reuse.py runs/fast [--tta flip-translate] [--repeats 2]
 
 "on" evaluates the run as saved (`train.reuse_memory: true`, the default); "off" the same
-with the step that keeps freed memory (runtime.keep_freed_memory) made a no-op. Each line gives the wall time of `evaluate()` (the
-checkpoint load, the data and the test pass), its test accuracy, the process's system
+with runtime.keep_freed_memory made a no-op. Each line gives the wall time of `evaluate()`
+(the checkpoint load, the data and the test pass), its test accuracy, the process's system
 time and its minor page faults: evaluation batches' activations are over glibc's 32 MiB
 mmap threshold, so without reuse each batch faults its memory in anew.
 """

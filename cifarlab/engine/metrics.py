@@ -19,6 +19,10 @@ from ..fileio import read_json
 from .calibration import calibration_metrics
 
 
+def _flip_average(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (model(x) + model(x.flip(-1)))
+
+
 def tta_logits(model: nn.Module, x: torch.Tensor, tta: str, share: float = 1.0) -> torch.Tensor:
     """Average logits over views: 'flip' adds the mirror image; 'flip-translate' also averages
     1-px shifts up-left and down-right (reflect-padded), each with its mirror, weighted as in
@@ -45,7 +49,7 @@ def _views_average(model: nn.Module, x: torch.Tensor, plain: torch.Tensor, tta: 
     h, w = x.shape[-2:]
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
-    return 0.5 * logits + 0.25 * sum(0.5 * (model(s) + model(s.flip(-1))) for s in shifted)
+    return 0.5 * logits + 0.25 * sum(_flip_average(model, s) for s in shifted)
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import platform
 import random
@@ -45,6 +46,7 @@ def configure(train: TrainConfig) -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 
 
+@functools.cache  # once per process: each evaluation of a saved run asks again (robustness: 95 times)
 def keep_freed_memory() -> bool:
     """Make the C allocator keep the memory tensors free inside the process, for the next ones.
 
