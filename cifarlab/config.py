@@ -140,6 +140,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch `last` checkpoints; 0 = at epoch ends only
     checkpoint_epochs: int = 1  # epochs between epoch-end `last` checkpoints; 0 = after the final epoch only
     tta: TTA = "none"  # final test evaluation: flip adds the mirror image, flip-translate also 1-px shifts
+    low_res: int = 0  # train the first epochs on images shrunk to this side in pixels (cheaper steps); 0 = off
+    low_res_share: float = 0.0  # the share of the epochs, from the first, at low_res: round(share × epochs) of them
     tta_share: float = 1.0  # the share of each test batch, least sure images first, that gets the TTA views (1: all)
     out: str | None = None  # run directory; None = runs/<recipe>
     tensorboard: bool = False  # log scalars and a few images live to <out>/tensorboard (`tensorboard --logdir runs`)
@@ -149,6 +151,11 @@ class TrainConfig:
     adversarial_eps: float = 8 / 255  # L∞ radius in pixels of [0, 1] images
     adversarial_alpha: float | None = None  # step size; None: fgsm 1.25·eps (Wong et al.), pgd eps/4
     adversarial_steps: int = 10  # pgd: steps per batch (fgsm: always 1)
+
+    @property
+    def low_res_epochs(self) -> int:
+        """How many of the first epochs train at low_res: a share, so that --epochs scales them."""
+        return round(self.low_res_share * self.epochs) if self.low_res else 0
 
 
 @dataclass
@@ -288,6 +295,7 @@ def validate(config: Config) -> Config:
                             f"and at most 1 (pixel range [0, 1]; 8/255 = 0.0314)")  # fmt: skip
     _validate_semi(config)
     _validate_jsd(config)
+    _validate_low_res(config)
     for key in ("finetune.layer_decay", "train.tta_share"):
         if not 0 < flat[key] <= 1:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in (0, 1]")
@@ -296,6 +304,22 @@ def validate(config: Config) -> Config:
     if config.train.device not in ("auto", "cpu", "cuda") and not config.train.device.startswith("cuda:"):
         raise CifarlabError(f"train.device={config.train.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
     return config
+
+
+def _validate_low_res(config: Config) -> None:
+    """Shrunk early epochs need a side below the images' and a model that takes any input size;
+    semi-supervised steps forward labelled and unlabelled images together, so they keep full size."""
+    t = config.train
+    if not t.low_res:
+        return
+    side = config.data.image_size
+    if not 8 <= t.low_res < side:
+        raise CifarlabError(f"train.low_res={t.low_res} is out of range; it must be 0 (off) or in [8, {side}) pixels")
+    if not 0 < t.low_res_share < 1:
+        raise CifarlabError(f"train.low_res_share={t.low_res_share} is out of range; with train.low_res it must be "
+                            f"in (0, 1): the last epochs train at the full size the test uses")  # fmt: skip
+    if config.semi.method != "none":
+        raise CifarlabError("train.low_res is not used with semi-supervised training; set train.low_res=0")
 
 
 def _validate_jsd(config: Config) -> None:

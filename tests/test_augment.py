@@ -4,13 +4,16 @@ seed and independent per sample, and Mixup/CutMix targets match what was mixed."
 
 import functools
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.transforms import InterpolationMode, autoaugment
 
 import cifarlab
 from cifarlab.config import AugmentConfig
 from cifarlab.data import DeviceLoader, ImageSet, load_split
+from cifarlab.data.augment import shrink
 from cifarlab.data.image_ops import OPS, apply_ops
 from cifarlab.data.policies import AugMix, AutoAugment, RandAugment, TrivialAugmentWide, make_policy
 from cifarlab.engine.metrics_log import read_metrics
@@ -230,3 +233,17 @@ def test_training_with_policy_mixing_and_erasing(synthetic_root, tmp_path):
     steps = [r for r in read_metrics(run.dir / "metrics.jsonl") if "train_acc" in r and "val_acc" not in r]
     assert len(steps) == 3 and all(0 <= r["train_acc"] <= 1 and r["train_loss"] > 0 for r in steps)
     assert 0 <= run.test["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("side", [16, 24])
+def test_shrink_resizes_as_pillow_does_and_keeps_the_layout(side):
+    """Antialiased bilinear shrinking, checked channel by channel against Pillow's float resize
+    (its own implementation of the same filter: a triangle widened by the scale)."""
+    x = (photos(4).float() / 255 - 0.5) / 0.25
+    small = shrink(x.contiguous(memory_format=torch.channels_last), side)
+    assert small.shape == (4, 3, side, side) and small.is_contiguous(memory_format=torch.channels_last)
+    expected = torch.stack([
+        torch.stack([torch.from_numpy(np.array(Image.fromarray(channel.numpy()).resize(
+            (side, side), Image.Resampling.BILINEAR))) for channel in image]) for image in x
+    ])  # fmt: skip
+    torch.testing.assert_close(small, expected, atol=1e-4, rtol=0)

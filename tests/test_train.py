@@ -236,6 +236,30 @@ def test_checkpoint_epochs_sets_how_often_last_is_saved(synthetic_root, tmp_path
     assert probe.seen == expected
 
 
+class _InputSides:
+    """Records, per epoch, the sides of the images the model's training forward passes see."""
+
+    def __init__(self):
+        self.sides = {}
+
+    def on_fit_start(self, trainer):
+        def record(module, args):
+            if module.training:
+                self.sides.setdefault(trainer.epoch, set()).add(args[0].shape[-1])
+
+        trainer.model.register_forward_pre_hook(record)
+
+
+@pytest.mark.slow
+def test_low_res_epochs_train_on_shrunk_images(synthetic_root, tmp_path):
+    probe = _InputSides()
+    config = small_config(synthetic_root, tmp_path / "run", "train.epochs=3", "train.low_res=16",
+                          "train.low_res_share=0.67")  # fmt: skip
+    run = cifarlab.train(config, verbose=False, callbacks=[probe])
+    assert probe.sides == {0: {16}, 1: {16}, 2: {32}}
+    assert run.test["num_images"] == 200 and math.isfinite(run.test["loss"])
+
+
 _FAULTS = """
 import resource, sys, torch
 from cifarlab.engine.runtime import keep_freed_memory

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 @enum.unique
@@ -182,3 +183,12 @@ def add_noise(x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, mean: t
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 0..255 → float, (x/255 - mean) / std per channel; keeps the memory order."""
     return (images.float() - mean.view(1, -1, 1, 1) * 255) / (std.view(1, -1, 1, 1) * 255)
+
+
+def shrink(x: torch.Tensor, side: int) -> torch.Tensor:
+    """A normalized batch resized to side × side (bilinear with antialiasing, a linear map, so
+    it commutes with normalization), in x's memory format: progressive resizing's cheap early
+    epochs (train.low_res)."""
+    small = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    return small.contiguous(memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+                            else torch.contiguous_format)  # fmt: skip

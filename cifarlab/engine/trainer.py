@@ -27,6 +27,7 @@ from ..config import Config
 from ..data import DeviceLoader, SemiLoader, Splits
 from ..errors import CifarlabError
 from ..fileio import write_json
+from ..data.augment import shrink
 from ..robust.adversarial import Adversary, training_attack
 from ..robust.consistency import jensen_shannon
 from . import distributed
@@ -118,6 +119,8 @@ class Trainer:
         self.model = model.to(device, memory_format=memory_format)  # unwrapped: checkpoints hold its state dict
         if c.train.sync_bn:
             self.model = distributed.convert_sync_batchnorm(self.model, device)
+        if c.train.low_res:
+            self._check_takes(c.train.low_res)
         self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
         self.calib_loader = loaders.calib
 
@@ -160,6 +163,16 @@ class Trainer:
         self.window_sums = torch.zeros(width, dtype=torch.float64, device=device)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
 
+    def _check_takes(self, side: int) -> None:
+        """Fail now, not after the first shrunk step, if the model needs full-size images (LeNet's
+        fixed-size flatten)."""
+        try:
+            with torch.no_grad():
+                self.model.eval()(torch.zeros(2, 3, side, side, device=self.device))
+        except RuntimeError:
+            raise CifarlabError(f"train.low_res={side}: model {self.config.model.name} does not take {side}×{side} "
+                                f"images; set train.low_res=0 or a larger side") from None  # fmt: skip
+
     @property
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -176,8 +189,9 @@ class Trainer:
         with _StopRequest() as stop, bar:
             while self.epoch < c.epochs:
                 self.model.train()
-                for batch in self.train_loader.epoch(self.epoch, start_batch=self.batch):
-                    self.train_step(*batch)
+                side = c.low_res if self.epoch < c.low_res_epochs else 0
+                for x, *rest in self.train_loader.epoch(self.epoch, start_batch=self.batch):
+                    self.train_step(shrink(x, side) if side else x, *rest)
                     bar.update()
                     if self.step % c.log_every == 0:
                         self.log_window()
