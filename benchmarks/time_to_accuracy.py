@@ -19,15 +19,21 @@ when each threshold was first crossed (time = training time so far + that evalua
 --results FILE appends every finished seed as a JSON line and summarizes all lines of the
 same recipe, so seeds can be run in separate sessions. --runs DIR keeps each seed's run
 directory (checkpoints, eval.json, report) as DIR/<recipe>-seed<N>; by default they are deleted.
+--compare RECIPE runs a second recipe after each seed, with the same seed, in the same script
+run (e.g. `airbench94_muon`, the record's budget), and reports the ratio of the mean total times
+and the difference of the mean accuracies over those seeds. Every run has a fresh process of
+its own: memory reuse, once on, holds for the whole process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -83,13 +89,21 @@ def matmul_peak(seconds: float = 5.0, n: int = 2048) -> float:
     return 2 * n**3 * calls / (time.perf_counter() - start) / 1e9
 
 
-def train_flops_per_image(config: cifarlab.Config) -> float:
-    """FLOPs of one training forward and backward pass per image (frozen layers compute no
-    weight gradients, so this is less than 3× the forward's)."""
+def train_flops_per_image(config: cifarlab.Config, side: int = 32) -> float:
+    """FLOPs of one training forward and backward pass per side × side image (frozen layers
+    compute no weight gradients, so this is less than 3× the forward's)."""
     model = cifarlab.create_model(config.model.name, **config.model.options).train()
     with FlopCounterMode(display=False) as counter:
-        model(torch.randn(2, 3, 32, 32)).sum().backward()
+        model(torch.randn(2, 3, side, side)).sum().backward()
     return counter.get_total_flops() / 2
+
+
+def train_flops(config: cifarlab.Config, steps: int) -> float:
+    """FLOPs of a run's `steps` training steps, each epoch's at its image side (train.low_res)."""
+    t = config.train
+    sides = [t.low_res if epoch < t.low_res_epochs else 32 for epoch in range(t.epochs)]
+    per_side = {side: train_flops_per_image(config, side) for side in set(sides)}
+    return sum(per_side[side] for side in sides) / t.epochs * steps * t.batch_size
 
 
 def run_recipe(recipe: str, seed: int, data_dir: str | None, sets: list[str], probe: bool, out: Path,
@@ -103,7 +117,7 @@ def run_recipe(recipe: str, seed: int, data_dir: str | None, sets: list[str], pr
              "eval_seconds": run.test["eval_seconds"], "accuracy": run.test["accuracy"]}  # fmt: skip
     points = probe_callback.points[:-1] + [final] if probe else [final]
     steps = [m["step"] for m in read_metrics(run.dir / "metrics.jsonl") if m.get("kind") == "epoch"][-1]
-    gflop_per_s = train_flops_per_image(config) * steps * config.train.batch_size / final["train_seconds"] / 1e9
+    gflop_per_s = train_flops(config, steps) / final["train_seconds"] / 1e9
     return {
         "recipe": recipe, "seed": seed, "sets": sets, "final_accuracy": run.test["accuracy"],
         "train_seconds": round(final["train_seconds"], 1), "eval_seconds": round(final["eval_seconds"], 1),
@@ -111,6 +125,24 @@ def run_recipe(recipe: str, seed: int, data_dir: str | None, sets: list[str], pr
         "time_to": times_to_thresholds(points), "probes": points if probe else None,
         "train_gflop_per_s": round(gflop_per_s, 1), "of_fp32_matmul_peak": round(gflop_per_s / peak, 3) if peak else None,
     }  # fmt: skip
+
+
+def measured_run(recipe: str, seed: int, data_dir: str | None, sets: list[str], probe: bool, out: Path,
+                 peak: float | None, warmup: bool) -> dict:  # fmt: skip
+    """One timed run; with `warmup`, after an untimed one (seed 1000) in the same process, so
+    that torch.compile and cuDNN autotuning are not timed."""
+    if warmup:
+        with tempfile.TemporaryDirectory(prefix="cifarlab-warmup-") as tmp:
+            run_recipe(recipe, 1000, data_dir, sets, False, Path(tmp) / "run")
+    return run_recipe(recipe, seed, data_dir, sets, probe, out, peak)
+
+
+def in_fresh_process(fn, *args):
+    """fn(*args) in a new process, waited for. Some settings hold for a whole process once a run
+    makes them (memory reuse's malloc options, the thread count), so each run gets its own: a
+    run without memory reuse after one with it would otherwise reuse memory too."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def run_baseline(config: cifarlab.Config, seed: int, epochs: int, batch_size: int, lr: float, data_dir) -> dict:
@@ -185,6 +217,22 @@ def summarize(results: list[dict]) -> dict:
     }  # fmt: skip
 
 
+def side_by_side(results: list[dict], compared: list[dict]) -> dict:
+    """The recipe against the compared recipe, over the seeds both ran in this process."""
+    mean = lambda runs, key: statistics.mean(r[key] for r in runs)  # noqa: E731
+    return {
+        "recipe": compared[0]["recipe"], "runs": compared, "summary": summarize(compared),
+        "time_over_compared": round(mean(results, "total_seconds") / mean(compared, "total_seconds"), 3),
+        "accuracy_minus_compared": round(mean(results, "final_accuracy") - mean(compared, "final_accuracy"), 5),
+    }  # fmt: skip
+
+
+def append_line(path: str | None, result: dict) -> None:
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({**result, "hardware": hardware()}) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="fast")
@@ -196,30 +244,34 @@ def main() -> None:
     parser.add_argument("--baseline-batch-size", type=int, default=512)
     parser.add_argument("--baseline-lr", type=float, default=0.05)
     parser.add_argument("--warmup", action="store_true",
-                        help="first one untimed run (seed 1000), so torch.compile and cuDNN autotuning are not timed")
+                        help="before each timed run, an untimed one (seed 1000) in its process, so torch.compile and "
+                             "cuDNN autotuning are not timed")
     parser.add_argument("--runs", metavar="DIR", help="keep the run directories here")
     parser.add_argument("--results", help="JSON-lines file: append each seed, summarize all lines of the recipe")
     parser.add_argument("--peak", action="store_true", help="first measure the CPU's fp32 matmul GFLOP/s (5 s)")
+    parser.add_argument("--compare", metavar="RECIPE",
+                        help="after each seed, run this recipe (as it is) with the same seed, for a time ratio")
     args = parser.parse_args()
     peak = matmul_peak() if args.peak else None
 
-    results = []
+    results, compared = [], []
     with tempfile.TemporaryDirectory(prefix="cifarlab-bench-") as tmp:
-        warmup = run_recipe(args.recipe, 1000, args.data_dir, args.set, False, Path(tmp) / "warmup") if args.warmup else None
         for seed in args.seeds:
-            out = Path(args.runs or tmp) / f"{args.recipe}-seed{seed}"
-            result = run_recipe(args.recipe, seed, args.data_dir, args.set, args.probe, out, peak)
-            results.append(result)
-            if args.results:
-                with open(args.results, "a") as f:
-                    f.write(json.dumps({**result, "hardware": hardware()}) + "\n")
+            for recipe, sets, runs in ((args.recipe, args.set, results), (args.compare, [], compared)):
+                if recipe:
+                    out = Path(args.runs or tmp) / f"{recipe}-seed{seed}"
+                    runs.append(in_fresh_process(measured_run, recipe, seed, args.data_dir, sets, args.probe, out, peak,
+                                                 args.warmup))  # fmt: skip
+                    append_line(args.results, runs[-1])
     runs = results  # with --results: every seed on file, those of earlier sessions too
     if args.results:
         lines = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
         runs = [r for r in lines if r.get("recipe") == args.recipe and r.get("sets") == args.set]
     report = {"benchmark": "time_to_accuracy", "hardware": hardware(), "recipe": args.recipe,
               "fp32_matmul_gflop_per_s": round(peak, 1) if peak else None, "runs": runs,
-              "summary": summarize(runs), "warmup_run": warmup}  # fmt: skip
+              "summary": summarize(runs), "warmup": args.warmup}  # fmt: skip
+    if args.compare:
+        report["compared"] = side_by_side(results, compared)
     if args.baseline_epochs:
         config = cifarlab.resolve_config(args.recipe, sets=args.set)
         baseline = run_baseline(config, args.seeds[0], args.baseline_epochs, args.baseline_batch_size,
