@@ -25,9 +25,9 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import Config
 from ..data import DeviceLoader, SemiLoader, Splits
+from ..data.augment import shrink
 from ..errors import CifarlabError
 from ..fileio import write_json
-from ..data.augment import shrink
 from ..robust.adversarial import Adversary, training_attack
 from ..robust.consistency import jensen_shannon
 from . import distributed
@@ -165,13 +165,16 @@ class Trainer:
 
     def _check_takes(self, side: int) -> None:
         """Fail now, not after the first shrunk step, if the model needs full-size images (LeNet's
-        fixed-size flatten)."""
+        fixed-size flatten). In eval mode, so BatchNorm's running statistics stay as they were."""
+        training = self.model.training
         try:
             with torch.no_grad():
                 self.model.eval()(torch.zeros(2, 3, side, side, device=self.device))
         except RuntimeError:
             raise CifarlabError(f"train.low_res={side}: model {self.config.model.name} does not take {side}×{side} "
                                 f"images; set train.low_res=0 or a larger side") from None  # fmt: skip
+        finally:
+            self.model.train(training)
 
     @property
     def eval_model(self) -> nn.Module:
