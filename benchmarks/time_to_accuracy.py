@@ -101,7 +101,7 @@ def train_flops_per_image(config: cifarlab.Config, side: int = 32) -> float:
 def train_flops(config: cifarlab.Config, steps: int) -> float:
     """FLOPs of a run's `steps` training steps, each epoch's at its image side (train.low_res)."""
     t = config.train
-    sides = [t.low_res if epoch < t.low_res_epochs else 32 for epoch in range(t.epochs)]
+    sides = [t.low_res if epoch < t.low_res_epochs else config.data.image_size for epoch in range(t.epochs)]
     per_side = {side: train_flops_per_image(config, side) for side in set(sides)}
     return sum(per_side[side] for side in sides) / t.epochs * steps * t.batch_size
 
@@ -218,7 +218,7 @@ def summarize(results: list[dict]) -> dict:
 
 
 def side_by_side(results: list[dict], compared: list[dict]) -> dict:
-    """The recipe against the compared recipe, over the seeds both ran in this process."""
+    """The recipe against the compared recipe, over the seeds both ran in this script run."""
     mean = lambda runs, key: statistics.mean(r[key] for r in runs)  # noqa: E731
     return {
         "recipe": compared[0]["recipe"], "runs": compared, "summary": summarize(compared),
