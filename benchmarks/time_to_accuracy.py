@@ -98,12 +98,15 @@ def train_flops_per_image(config: cifarlab.Config, side: int = 32) -> float:
     return counter.get_total_flops() / 2
 
 
-def train_flops(config: cifarlab.Config, steps: int) -> float:
-    """FLOPs of a run's `steps` training steps, each epoch's at its image side (train.low_res)."""
+def train_flops(config: cifarlab.Config, epoch_ends: list[int]) -> float:
+    """FLOPs of a run's training steps (`epoch_ends`: the step count at each epoch's end), each
+    epoch's at its image side (train.low_res) and with its own steps (train.drop_easy's late
+    epochs have fewer; its scoring pass is not training and is not counted)."""
     t = config.train
     sides = [t.low_res if epoch < t.low_res_epochs else config.data.image_size for epoch in range(t.epochs)]
     per_side = {side: train_flops_per_image(config, side) for side in set(sides)}
-    return sum(per_side[side] for side in sides) / t.epochs * steps * t.batch_size
+    steps = [end - start for start, end in zip([0, *epoch_ends], epoch_ends)]
+    return sum(per_side[side] * n for side, n in zip(sides, steps)) * t.batch_size
 
 
 def run_recipe(recipe: str, seed: int, data_dir: str | None, sets: list[str], probe: bool, out: Path,
@@ -116,8 +119,8 @@ def run_recipe(recipe: str, seed: int, data_dir: str | None, sets: list[str], pr
     final = {"epoch": config.train.epochs, "train_seconds": run.test["train_seconds"],
              "eval_seconds": run.test["eval_seconds"], "accuracy": run.test["accuracy"]}  # fmt: skip
     points = probe_callback.points[:-1] + [final] if probe else [final]
-    steps = [m["step"] for m in read_metrics(run.dir / "metrics.jsonl") if m.get("kind") == "epoch"][-1]
-    gflop_per_s = train_flops(config, steps) / final["train_seconds"] / 1e9
+    epoch_ends = [m["step"] for m in read_metrics(run.dir / "metrics.jsonl") if m.get("kind") == "epoch"]
+    gflop_per_s = train_flops(config, epoch_ends) / final["train_seconds"] / 1e9
     return {
         "recipe": recipe, "seed": seed, "sets": sets, "final_accuracy": run.test["accuracy"],
         "train_seconds": round(final["train_seconds"], 1), "eval_seconds": round(final["eval_seconds"], 1),

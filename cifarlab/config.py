@@ -142,6 +142,8 @@ class TrainConfig:
     tta: TTA = "none"  # final test evaluation: flip adds the mirror image, flip-translate also 1-px shifts
     low_res: int = 0  # train the first epochs on images shrunk to this side in pixels (cheaper steps); 0 = off
     low_res_share: float = 0.0  # the share of the epochs, from the first, at low_res: round(share × epochs) of them
+    drop_easy: float = 0.0  # leave out this share of the training images, the easiest to the model, in the last epochs; 0 = off
+    drop_easy_share: float = 0.0  # the share of the epochs, from the last, without them: round(share × epochs), never the first
     tta_share: float = 1.0  # the share of each test batch, least sure images first, that gets the TTA views (1: all)
     out: str | None = None  # run directory; None = runs/<recipe>
     tensorboard: bool = False  # log scalars and a few images live to <out>/tensorboard (`tensorboard --logdir runs`)
@@ -156,6 +158,12 @@ class TrainConfig:
     def low_res_epochs(self) -> int:
         """How many of the first epochs train at low_res: a share, so that --epochs scales them."""
         return round(self.low_res_share * self.epochs) if self.low_res else 0
+
+    @property
+    def drop_easy_from(self) -> int:
+        """The first epoch (from 0) that trains without the easiest images; `epochs` when none does.
+        At least one full epoch comes first: the model must have learnt something to judge by."""
+        return max(1, self.epochs - round(self.drop_easy_share * self.epochs)) if self.drop_easy else self.epochs
 
 
 @dataclass
@@ -296,6 +304,7 @@ def validate(config: Config) -> Config:
     _validate_semi(config)
     _validate_jsd(config)
     _validate_low_res(config)
+    _validate_drop_easy(config)
     for key in ("finetune.layer_decay", "train.tta_share"):
         if not 0 < flat[key] <= 1:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in (0, 1]")
@@ -320,6 +329,21 @@ def _validate_low_res(config: Config) -> None:
                             f"in (0, 1): the last epochs train at the full size the test uses")  # fmt: skip
     if config.semi.method != "none":
         raise CifarlabError("train.low_res is not used with semi-supervised training; set train.low_res=0")
+
+
+def _validate_drop_easy(config: Config) -> None:
+    """Dropping needs a share of images to keep and of epochs to keep them in; a semi-supervised
+    epoch is a pass over the unlabelled pool, which has no labels to judge ease by."""
+    t = config.train
+    if not 0 <= t.drop_easy < 1:
+        raise CifarlabError(f"train.drop_easy={t.drop_easy} is out of range; it must be in [0, 1) (0: off)")
+    if not t.drop_easy:
+        return
+    if not 0 < t.drop_easy_share < 1:
+        raise CifarlabError(f"train.drop_easy_share={t.drop_easy_share} is out of range; with train.drop_easy it must "
+                            f"be in (0, 1): the first epochs train on every image")  # fmt: skip
+    if config.semi.method != "none":
+        raise CifarlabError("train.drop_easy is not used with semi-supervised training; set train.drop_easy=0")
 
 
 def _validate_jsd(config: Config) -> None:

@@ -86,3 +86,29 @@ def per_model(cases: list) -> list:
         values = case if isinstance(case, tuple) else (case,)
         params.append(pytest.param(*values, marks=() if values[0] in QUICK_MODELS else pytest.mark.slow))
     return params
+
+
+class StopAt:
+    """Stops a run after training step `step`, keeping the weights it had then."""
+
+    class Stop(Exception):
+        pass
+
+    def __init__(self, step: int):
+        self.step, self.records = step, []
+
+    def on_log(self, trainer, record):
+        self.records.append(record)
+        if record.get("kind") == "step" and record["step"] == self.step:
+            self.weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+            raise StopAt.Stop
+
+
+def train_until(config, step: int) -> StopAt:
+    """Train `config` until step `step`, then stop it as a crash would (StopAt)."""
+    import cifarlab
+
+    stop = StopAt(step)
+    with pytest.raises(StopAt.Stop):
+        cifarlab.train(config, callbacks=[stop], verbose=False)
+    return stop

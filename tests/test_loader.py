@@ -104,6 +104,20 @@ def test_every_sample_once_per_epoch_and_resume_mid_epoch():
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches[1:], resumed))
 
 
+def test_kept_images_are_the_only_ones_an_epoch_draws():
+    data = indexed_set(100)
+    loader = make_loader(data)
+    kept = torch.tensor([3, 10, 11, 40, 41, 42, 77, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 0, 1, 2, 5, 6, 7, 8, 9, 12,
+                         13, 14, 15, 16, 17, 18, 19, 20, 21])  # fmt: skip
+    flips = loader.flip_base[kept]
+    loader.keep(kept)
+    batches = list(loader.epoch(2))
+    assert len(batches) == len(loader) == loader.batches(35) == 1  # drop_last: 35 // 32
+    seen = torch.cat([y for _, y in batches])
+    assert set(seen.tolist()) <= set(kept.tolist()) and len(set(seen.tolist())) == 32
+    assert torch.equal(loader.images, data.images[kept]) and torch.equal(loader.flip_base, flips)
+
+
 def test_shards_of_ranks_compose_the_single_process_batch():
     data = indexed_set(128)
     whole = list(make_loader(data).epoch(5))

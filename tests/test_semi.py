@@ -15,35 +15,13 @@ from cifarlab.data import DeviceLoader, ImageSet, SemiLoader, load_split, make_s
 from cifarlab.data import splits as splits_module
 from cifarlab.engine.metrics_log import read_metrics
 from cifarlab.labels import SemiObjective, pseudo_labels
+from helpers import train_until
 
 TINY = ["model.options.widths=[16, 32, 32]", "train.log_every=1", "train.report=false", "train.tta=none"]
 
 
 def semi_config(data_root, out, *sets):
     return cifarlab.resolve_config("fast-semi", sets=[f"data.data_dir={data_root}", f"train.out={out}", *TINY, *sets])
-
-
-class StopAt:
-    """Stops a run after training step `step`, keeping the weights it had then."""
-
-    class Stop(Exception):
-        pass
-
-    def __init__(self, step: int):
-        self.step, self.records = step, []
-
-    def on_log(self, trainer, record):
-        self.records.append(record)
-        if record.get("kind") == "step" and record["step"] == self.step:
-            self.weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-            raise StopAt.Stop
-
-
-def train_until(config, step: int) -> StopAt:
-    stop = StopAt(step)
-    with pytest.raises(StopAt.Stop):
-        cifarlab.train(config, callbacks=[stop], verbose=False)
-    return stop
 
 
 # ------------------------------------------------------------------------------------ splits

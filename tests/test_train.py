@@ -15,6 +15,7 @@ from cifarlab.engine.metrics_log import read_metrics
 from cifarlab.engine.optim import build_optimizers, lr_factor
 from cifarlab.errors import CifarlabError
 from cifarlab.models import register_model
+from helpers import train_until
 
 
 def small_config(data_root, out, *sets):
@@ -258,6 +259,64 @@ def test_low_res_epochs_train_on_shrunk_images(synthetic_root, tmp_path):
     run = cifarlab.train(config, verbose=False, callbacks=[probe])
     assert probe.sides == {0: {16}, 1: {16}, 2: {32}}
     assert run.test["num_images"] == 200 and math.isfinite(run.test["loss"])
+
+
+class _DropProbe:
+    """The loss of each training image under the eval model at the end of the epoch before the
+    drop, computed here from the split's own normalization; and the images each epoch trains on."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def on_fit_start(self, trainer):
+        def record(module, args):
+            if module.training:
+                self.seen[trainer.epoch] = self.seen.get(trainer.epoch, 0) + len(args[0])
+
+        trainer.model.register_forward_pre_hook(record)
+
+    def on_epoch_end(self, trainer):
+        if trainer.epoch == trainer.config.train.drop_easy_from:
+            data = trainer.splits.train
+            mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (trainer.splits.mean, trainer.splits.std))
+            with torch.no_grad():
+                logits = trainer.eval_model.eval()((data.images.float() / 255 - mean) / std)
+            self.losses = nn.functional.cross_entropy(logits, data.labels, reduction="none")
+
+
+@pytest.mark.slow
+def test_drop_easy_trains_the_last_epochs_on_the_hardest_images(synthetic_root, tmp_path):
+    probe = _DropProbe()
+    config = small_config(synthetic_root, tmp_path / "run", "train.epochs=3", "train.drop_easy=0.4",
+                          "train.drop_easy_share=0.67")  # 2 of 3 epochs without the easiest 40%  # fmt: skip
+    run = cifarlab.train(config, verbose=False, callbacks=[probe])
+    n = len(probe.losses)
+    kept = torch.load(run.dir / "checkpoints" / "last" / "state.pt", weights_only=True)["kept"]
+    dropped = torch.ones(n, dtype=torch.bool)
+    dropped[kept] = False
+    assert len(kept) == n - round(0.4 * n) and probe.losses[kept].min() >= probe.losses[dropped].max() - 1e-4
+    full, late = n // 50, len(kept) // 50  # drop_last batches of 50
+    assert probe.seen == {0: full * 50, 1: late * 50, 2: late * 50}
+    records = read_metrics(run.dir / "metrics.jsonl")
+    assert [r for r in records if r["kind"] == "drop_easy"][0]["first_epoch"] == 2
+    assert [r["step"] for r in records if r["kind"] == "epoch"] == [full, full + late, full + 2 * late]
+
+
+@pytest.mark.slow
+def test_drop_easy_resumes_bit_identically(synthetic_root, tmp_path):
+    """Stopped in the second epoch, after the drop: `last` must hold the chosen images."""
+    sets = ["train.drop_easy=0.5", "train.drop_easy_share=0.5", "train.checkpoint_every=1", "train.log_every=1"]
+    reference = cifarlab.train(small_config(synthetic_root, tmp_path / "reference", *sets), verbose=False)
+    records = read_metrics(reference.dir / "metrics.jsonl")
+    first = [r["step"] for r in records if r["kind"] == "epoch"][0]
+    interrupted = small_config(synthetic_root, tmp_path / "interrupted", *sets)
+    train_until(interrupted, step=first + 2)  # `last` is saved after each step: here after step first + 1
+    assert json.loads((tmp_path / "interrupted" / "checkpoints" / "last" / "meta.json").read_text())["step"] == first + 1
+    resumed = cifarlab.train(interrupted, resume=True, verbose=False)
+    weights = [load_file(run.dir / "checkpoints" / "last" / "model.safetensors") for run in (reference, resumed)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("elapsed", "images_per_s")} for r in rs]  # noqa: E731
+    assert strip(records) == strip(read_metrics(resumed.dir / "metrics.jsonl"))
 
 
 _FAULTS = """

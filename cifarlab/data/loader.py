@@ -86,8 +86,18 @@ class DeviceLoader:
         )  # fmt: skip
 
     def __len__(self) -> int:
-        n = len(self.images)
+        return self.batches(len(self.images))
+
+    def batches(self, n: int) -> int:
+        """Batches in an epoch of n images."""
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def keep(self, index: torch.Tensor) -> None:
+        """From now on, epochs draw from these images only (positions in the set as it is now),
+        each with its own flip phase: the late epochs of train.drop_easy."""
+        self.images = self.images[index.to(self.images.device)]
+        self.labels = None if self.labels is None else self.labels[index.to(self.labels.device)]
+        self.flip_base = self.flip_base[index.to(self.flip_base.device)]
 
     def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, AugmentParams | None]:
         """The epoch's sample order and per-position augmentation draws (on the CPU)."""

@@ -113,7 +113,7 @@ def _split_by_declared_options(params: list[nn.Parameter], names: dict, declared
     return [(dict(options), members) for options, members in split.items()]
 
 
-def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: OptimConfig) -> float:
+def lr_factor(step: float, total_steps: int, steps_per_epoch: int, cfg: OptimConfig) -> float:
     """Multiplier of the peak lr at `step`: linear warmup, then the chosen decay."""
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup:
@@ -130,7 +130,7 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: OptimConfi
 
 
 def set_learning_rates(
-    optimizers: list[torch.optim.Optimizer], step: int, total_steps: int, steps_per_epoch: int, cfg: OptimConfig
+    optimizers: list[torch.optim.Optimizer], step: float, total_steps: int, steps_per_epoch: int, cfg: OptimConfig
 ) -> None:
     """Set every group's lr for `step` from its peak and its own schedule length. A group with a
     `start_epoch` is held until then: lr 0 and its gradients dropped, so that neither momentum,

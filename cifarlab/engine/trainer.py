@@ -124,8 +124,12 @@ class Trainer:
         self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
         self.calib_loader = loaders.calib
 
+        # a full epoch's steps: the lr schedule counts in these; train.drop_easy's late epochs are shorter
         self.steps_per_epoch = len(self.train_loader)
-        self.total_steps = c.train.epochs * self.steps_per_epoch
+        self.kept: torch.Tensor | None = None  # the images of the late epochs (train.drop_easy), once chosen
+        late_steps = self._late_steps() if c.train.drop_easy else 0
+        early = c.train.drop_easy_from  # all epochs when train.drop_easy is off
+        self.total_steps = early * self.steps_per_epoch + (c.train.epochs - early) * late_steps
         self.optimizers = build_optimizers(self.model, c.optim, c.train.batch_size, param_options)
         self.lookahead = (
             Lookahead(self.model, c.optim.lookahead_every, c.optim.lookahead_decay, c.optim.lookahead_power,
@@ -163,6 +167,16 @@ class Trainer:
         self.window_sums = torch.zeros(width, dtype=torch.float64, device=device)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
 
+    def _late_steps(self) -> int:
+        """Steps in an epoch without the easiest images; fail now if none would be left."""
+        n = len(self.train_loader.images)
+        self.keep_count = n - round(self.config.train.drop_easy * n)
+        steps = self.train_loader.batches(self.keep_count)
+        if steps == 0:
+            raise CifarlabError(f"train.drop_easy={self.config.train.drop_easy} keeps {self.keep_count} of {n} training "
+                                f"images, less than a batch; lower it")  # fmt: skip
+        return steps
+
     def _check_takes(self, side: int) -> None:
         """Fail now, not after the first shrunk step, if the model needs full-size images (LeNet's
         fixed-size flatten). In eval mode, so BatchNorm's running statistics stay as they were."""
@@ -191,6 +205,8 @@ class Trainer:
         self.bar = bar
         with _StopRequest() as stop, bar:
             while self.epoch < c.epochs:
+                if self.epoch == c.drop_easy_from and self.kept is None:
+                    self.drop_easy()
                 self.model.train()
                 side = c.low_res if self.epoch < c.low_res_epochs else 0
                 for x, *rest in self.train_loader.epoch(self.epoch, start_batch=self.batch):
@@ -219,7 +235,8 @@ class Trainer:
                 loss, logits = self.objective(logits.float(), y)
         loss.backward()
         if lr_scale is None:
-            set_learning_rates(self.optimizers, self.step, self.total_steps, self.steps_per_epoch, self.config.optim)
+            set_learning_rates(self.optimizers, self.schedule_step(), self.config.train.epochs * self.steps_per_epoch,
+                               self.steps_per_epoch, self.config.optim)  # fmt: skip
         else:
             scale_learning_rates(self.optimizers, lr_scale, self.config.optim)
         if self.config.optim.grad_clip:
@@ -243,6 +260,32 @@ class Trainer:
         self.batch += 1
         self.step += 1
         return loss
+
+    def schedule_step(self) -> float:
+        """Where the lr schedule stands, in full epochs' steps: a shorter late epoch (train.drop_easy)
+        moves it as far as a full one, so warm-up, decay and milestones keep their epochs."""
+        return self.epoch * self.steps_per_epoch + self.batch * self.steps_per_epoch / len(self.train_loader)
+
+    def drop_easy(self) -> None:
+        """Leave the train.drop_easy share of the training images that the eval model finds
+        easiest (the lowest loss on the plain view) out of the remaining epochs. Scored once, in
+        the run's time; every process scores alike (its eval model is the same), and `last`
+        keeps the choice, so a resumed run trains on the same images."""
+        loader, batch = self.train_loader, self.config.train.eval_batch_size
+        model = self.eval_model.eval()
+        with torch.no_grad(), autocast(self.device, self.config.train.precision):
+            losses = torch.cat([
+                nn.functional.cross_entropy(model(loader.prepare(images)).float(), labels, reduction="none")
+                for images, labels in zip(loader.images.split(batch), loader.labels.split(batch))
+            ])  # fmt: skip
+        hardest = losses.argsort(descending=True, stable=True)[: self.keep_count]
+        self.kept = hardest.sort().values.cpu()
+        loader.keep(self.kept)
+        self.record({"kind": "drop_easy", "step": self.step, "first_epoch": self.epoch + 1, "images": len(self.kept),
+                     "left_out": len(losses) - len(self.kept), "elapsed": time.perf_counter() - self.clock})  # fmt: skip
+        if self.verbose:
+            self.bar.write(f"epochs {self.epoch + 1}–{self.config.train.epochs}: the {len(self.kept):,} training images "
+                           f"the model finds hardest of {len(losses):,}")  # fmt: skip
 
     def objective(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The cross-entropy of the batch, or with several views (the loader's clean view, then
@@ -319,7 +362,7 @@ class Trainer:
         record = {
             "kind": "step",
             "step": self.step,
-            "epoch": round(self.epoch + self.batch / self.steps_per_epoch, 4),
+            "epoch": round(self.epoch + self.batch / len(self.train_loader), 4),
             **averages,
             "lr": self.lr(),
             "images_per_s": seen / max(now - self.window_clock, 1e-9),
@@ -418,6 +461,7 @@ class Trainer:
             "world_size": distributed.world_size(),
             "threads": torch.get_num_threads(),
             "data_fingerprint": self.data_fingerprint,
+            "kept": self.kept,
             "train_model": self.model.state_dict() if self.ema is not None else None,
             "ema_state": self.ema.state_dict() if self.ema is not None else None,
         }
@@ -433,6 +477,9 @@ class Trainer:
         if self.lookahead is not None:
             self.lookahead.load_state_dict(state["lookahead"])
         set_rng_state(state["rng"])
+        self.kept = state.get("kept")
+        if self.kept is not None:
+            self.train_loader.keep(self.kept)
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.elapsed, self.best_val_accuracy = state["elapsed"], state["best_val_accuracy"]
         if distributed.is_writer():  # the saved sums are global: rank 0 carries them on, the others start at 0
