@@ -167,18 +167,21 @@ def test_sigkill_of_the_whole_job_then_resume(reference, real_root, tmp_path):
 @pytest.mark.parametrize("robust", [
     [], ["--set", "train.adversarial=fgsm"],
     ["--set", "augment.policy=augmix", "--set", "optim.jsd_weight=12", "--set", "augment.noise_sigma=0.1"],
-], ids=["plain", "fgsm", "augmix-jsd-noise"])  # fmt: skip
+    ["--set", "train.drop_easy=0.3", "--set", "train.drop_easy_share=0.5"],
+], ids=["plain", "fgsm", "augmix-jsd-noise", "drop-easy"])  # fmt: skip
 def test_ranks_hold_the_same_model_with_batchnorm_whitening_and_muon(robust, real_root, tmp_path):
     """The `fast` recipe's parts under DDP: the whitening init (broadcast from rank 0), Muon on
     the all-reduced gradients, lookahead, and BatchNorm statistics (each rank's own until the
     epoch end's broadcast): both ranks end with bit-identical weights and buffers. Also with
-    adversarial training (crafted on each rank's slice, outside DDP) and the 3-view JSD loss."""
+    adversarial training (crafted on each rank's slice, outside DDP), the 3-view JSD loss, and
+    train.drop_easy (each rank scores alone: they must choose the same images)."""
     fast = ["--recipe", "fast", "--set", "model.options.widths=[16, 32, 32]", "--train-subset", "1000",
             "--epochs", "2", "--batch-size", "200", "--device", "cpu", "--no-report",
             "--set", "optim.lookahead_every=2", "--set", "optim.lookahead_start_epoch=0.5", *robust]  # fmt: skip
     finish(launch(2, real_root, tmp_path / "fast", probe_dir=tmp_path / "probe", settings=fast))
-    ranks = [read_probe(tmp_path / "probe", r)["model"] for r in (0, 1)]
-    assert any(".running_mean" in key for key in ranks[0]) and ranks[0] == ranks[1]
+    ranks = [read_probe(tmp_path / "probe", r) for r in (0, 1)]
+    assert any(".running_mean" in key for key in ranks[0]["model"]) and ranks[0]["model"] == ranks[1]["model"]
+    assert ranks[0]["kept"] == ranks[1]["kept"] and (ranks[0]["kept"] is None) == ("train.drop_easy=0.3" not in robust)
 
 
 def test_a_global_batch_that_ranks_cannot_share_is_refused(real_root, tmp_path):
