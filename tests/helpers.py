@@ -1,6 +1,7 @@
 """Helpers the tests import (`from helpers import ...`; pytest puts tests/ on sys.path): the
 real CIFAR data's location, and small synthetic datasets and checkpoints in the official
-layouts, so the suite runs anywhere. Fixtures built on them are in conftest.py."""
+layouts, so the suite runs anywhere, and a way to stop a run mid-way as a crash would
+(`train_until`). Fixtures built on them are in conftest.py."""
 
 from __future__ import annotations
 

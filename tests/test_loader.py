@@ -116,6 +116,10 @@ def test_kept_images_are_the_only_ones_an_epoch_draws():
     seen = torch.cat([y for _, y in batches])
     assert set(seen.tolist()) <= set(kept.tolist()) and len(set(seen.tolist())) == 32
     assert torch.equal(loader.images, data.images[kept]) and torch.equal(loader.flip_base, flips)
+    loader.keep(kept[:33])  # positions in the whole set, whatever was kept before
+    assert torch.equal(loader.images, data.images[kept[:33]])
+    loader.keep(None)
+    assert torch.equal(loader.images, data.images) and len(loader) == 3
 
 
 def test_shards_of_ranks_compose_the_single_process_batch():

@@ -288,7 +288,8 @@ class _DropProbe:
 def test_drop_easy_trains_the_last_epochs_on_the_hardest_images(synthetic_root, tmp_path):
     probe = _DropProbe()
     config = small_config(synthetic_root, tmp_path / "run", "train.epochs=3", "train.drop_easy=0.4",
-                          "train.drop_easy_share=0.67")  # 2 of 3 epochs without the easiest 40%  # fmt: skip
+                          "train.drop_easy_share=0.67", "train.log_every=1", "optim.schedule=linear",
+                          "optim.warmup_epochs=0")  # 2 of 3 epochs without the easiest 40%  # fmt: skip
     run = cifarlab.train(config, verbose=False, callbacks=[probe])
     n = len(probe.losses)
     kept = torch.load(run.dir / "checkpoints" / "last" / "state.pt", weights_only=True)["kept"]
@@ -300,6 +301,13 @@ def test_drop_easy_trains_the_last_epochs_on_the_hardest_images(synthetic_root, 
     records = read_metrics(run.dir / "metrics.jsonl")
     assert [r for r in records if r["kind"] == "drop_easy"][0]["first_epoch"] == 2
     assert [r["step"] for r in records if r["kind"] == "epoch"] == [full, full + late, full + 2 * late]
+    # the linear schedule moves through a short late epoch as far as through a full one
+    steps = [r for r in records if r["kind"] == "step"]
+    peak = steps[0]["lr"]
+    for r in steps[full:]:
+        epoch, batch = divmod(r["step"] - 1 - full, late)
+        position = (1 + epoch) * full + batch * full / late
+        assert r["lr"] == pytest.approx(peak * (1 - position / (3 * full)), rel=1e-9), r["step"]
 
 
 @pytest.mark.slow

@@ -62,8 +62,8 @@ class DeviceLoader:
         touches only the config and this class; None (evaluation) augments nothing."""
         if batch_size % world_size:
             raise ValueError(f"batch size {batch_size} is not divisible by the world size {world_size}")
-        self.images = data.images.to(device)
-        self.labels = None if data.labels is None else data.labels.to(device)
+        self.images = self.all_images = data.images.to(device)
+        self.labels = self.all_labels = None if data.labels is None else data.labels.to(device)
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
         self.redraw = redraw
         self.augment = augment = augment or AugmentConfig(translate=0, flip="none")
@@ -73,7 +73,7 @@ class DeviceLoader:
         self.mean = torch.tensor(mean, device=device)
         self.std = torch.tensor(std, device=device)
         n = len(self.images)
-        self.flip_base = torch.rand(n, generator=keyed_generator(*self._key(Stream.FLIP))) < 0.5
+        self.flip_base = self.all_flip_base = torch.rand(n, generator=keyed_generator(*self._key(Stream.FLIP))) < 0.5
         self.mixes = augment.mixup_alpha > 0 or augment.cutmix_alpha > 0
         if self.mixes and self.labels is None:
             raise ValueError("Mixup and CutMix mix labels; this set has none")
@@ -92,12 +92,15 @@ class DeviceLoader:
         """Batches in an epoch of n images."""
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def keep(self, index: torch.Tensor) -> None:
-        """From now on, epochs draw from these images only (positions in the set as it is now),
-        each with its own flip phase: the late epochs of train.drop_easy."""
-        self.images = self.images[index.to(self.images.device)]
-        self.labels = None if self.labels is None else self.labels[index.to(self.labels.device)]
-        self.flip_base = self.flip_base[index.to(self.flip_base.device)]
+    def keep(self, index: torch.Tensor | None) -> None:
+        """From now on, epochs draw from these images of the set only (positions in it; None:
+        all of them again), each with its own flip phase: the late epochs of train.drop_easy."""
+        if index is None:
+            self.images, self.labels, self.flip_base = self.all_images, self.all_labels, self.all_flip_base
+            return
+        self.images = self.all_images[index.to(self.all_images.device)]
+        self.labels = None if self.all_labels is None else self.all_labels[index.to(self.all_labels.device)]
+        self.flip_base = self.all_flip_base[index]
 
     def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, AugmentParams | None]:
         """The epoch's sample order and per-position augmentation draws (on the CPU)."""

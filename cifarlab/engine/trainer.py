@@ -127,13 +127,12 @@ class Trainer:
         # a full epoch's steps: the lr schedule counts in these; train.drop_easy's late epochs are shorter
         self.steps_per_epoch = len(self.train_loader)
         self.kept: torch.Tensor | None = None  # the images of the late epochs (train.drop_easy), once chosen
-        late_steps = self._late_steps() if c.train.drop_easy else 0
-        early = c.train.drop_easy_from  # all epochs when train.drop_easy is off
-        self.total_steps = early * self.steps_per_epoch + (c.train.epochs - early) * late_steps
+        self.keep_count, self.late_steps = self._late_epochs()
+        self.total_steps = self.steps_to(c.train.epochs)
         self.optimizers = build_optimizers(self.model, c.optim, c.train.batch_size, param_options)
         self.lookahead = (
             Lookahead(self.model, c.optim.lookahead_every, c.optim.lookahead_decay, c.optim.lookahead_power,
-                      round(c.optim.lookahead_start_epoch * self.steps_per_epoch), self.total_steps)
+                      self.steps_to(c.optim.lookahead_start_epoch), self.total_steps)
             if c.optim.lookahead_every
             else None
         )  # fmt: skip
@@ -167,15 +166,24 @@ class Trainer:
         self.window_sums = torch.zeros(width, dtype=torch.float64, device=device)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
 
-    def _late_steps(self) -> int:
-        """Steps in an epoch without the easiest images; fail now if none would be left."""
-        n = len(self.train_loader.images)
-        self.keep_count = n - round(self.config.train.drop_easy * n)
-        steps = self.train_loader.batches(self.keep_count)
+    def _late_epochs(self) -> tuple[int, int]:
+        """Images and steps of an epoch without the easiest images (train.drop_easy; a full epoch's
+        when no epoch drops any); fail now if they would not fill a batch."""
+        t = self.config.train
+        if t.drop_easy_from == t.epochs:
+            return len(self.splits.train), self.steps_per_epoch
+        n = len(self.splits.train)
+        count = n - round(t.drop_easy * n)
+        steps = self.train_loader.batches(count)
         if steps == 0:
-            raise CifarlabError(f"train.drop_easy={self.config.train.drop_easy} keeps {self.keep_count} of {n} training "
-                                f"images, less than a batch; lower it")  # fmt: skip
-        return steps
+            raise CifarlabError(f"train.drop_easy={t.drop_easy} keeps {count} of {n} training images, less than a "
+                                f"batch; lower it")  # fmt: skip
+        return count, steps
+
+    def steps_to(self, epoch: float) -> int:
+        """Optimizer steps from the start to `epoch` (a float): train.drop_easy's late epochs are shorter."""
+        early = min(epoch, self.config.train.drop_easy_from)
+        return round(early * self.steps_per_epoch + (epoch - early) * self.late_steps)
 
     def _check_takes(self, side: int) -> None:
         """Fail now, not after the first shrunk step, if the model needs full-size images (LeNet's
@@ -269,18 +277,16 @@ class Trainer:
     def drop_easy(self) -> None:
         """Leave the train.drop_easy share of the training images that the eval model finds
         easiest (the lowest loss on the plain view) out of the remaining epochs. Scored once, in
-        the run's time; every process scores alike (its eval model is the same), and `last`
-        keeps the choice, so a resumed run trains on the same images."""
-        loader, batch = self.train_loader, self.config.train.eval_batch_size
-        model = self.eval_model.eval()
-        with torch.no_grad(), autocast(self.device, self.config.train.precision):
-            losses = torch.cat([
-                nn.functional.cross_entropy(model(loader.prepare(images)).float(), labels, reduction="none")
-                for images, labels in zip(loader.images.split(batch), loader.labels.split(batch))
-            ])  # fmt: skip
+        the run's time, each process its shard; all of them rank the gathered losses, so they
+        choose alike. `last` keeps the choice: a resumed run trains on the same images."""
+        c, train = self.config.train, self.splits.train
+        scoring = DeviceLoader(distributed.shard(train), c.eval_batch_size, self.splits.mean, self.splits.std,
+                               device=self.device, channels_last=c.channels_last)  # fmt: skip
+        logits, labels = self.predict_split(scoring, len(train), "none")
+        losses = nn.functional.cross_entropy(logits, labels, reduction="none")
         hardest = losses.argsort(descending=True, stable=True)[: self.keep_count]
-        self.kept = hardest.sort().values.cpu()
-        loader.keep(self.kept)
+        self.kept = hardest.sort().values
+        self.train_loader.keep(self.kept)
         self.record({"kind": "drop_easy", "step": self.step, "first_epoch": self.epoch + 1, "images": len(self.kept),
                      "left_out": len(losses) - len(self.kept), "elapsed": time.perf_counter() - self.clock})  # fmt: skip
         if self.verbose:
@@ -478,7 +484,7 @@ class Trainer:
             self.lookahead.load_state_dict(state["lookahead"])
         set_rng_state(state["rng"])
         self.kept = state.get("kept")
-        if self.kept is not None:
+        if self.config.train.drop_easy:
             self.train_loader.keep(self.kept)
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.elapsed, self.best_val_accuracy = state["elapsed"], state["best_val_accuracy"]
