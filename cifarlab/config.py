@@ -37,7 +37,7 @@ TTA = Literal["none", "flip", "flip-translate"]
 Strategy = Literal["linear", "full", "gradual"]
 QuantBackend = Literal["onnxruntime", "pt2e"]
 ActiveStrategy = Literal["random", "entropy", "margin", "coreset"]  # labels/strategies.py says what each picks
-AdversarialMethod = Literal["none", "fgsm", "pgd"]
+AdversarialMethod = Literal["none", "fgsm", "nfgsm", "pgd"]
 SemiMethod = Literal["none", "fixmatch", "pseudo"]
 
 
@@ -149,10 +149,11 @@ class TrainConfig:
     tensorboard: bool = False  # log scalars and a few images live to <out>/tensorboard (`tensorboard --logdir runs`)
     report: bool = True  # write <out>/report.html after the final test (`cifarlab report` writes it later)
     calibrate: bool = True  # before the final test, fit a temperature on data.calib_size's images, else on val (if any)
-    adversarial: AdversarialMethod = "none"  # train on L∞ adversarial images: fgsm (random start, Wong et al.) | pgd
+    adversarial: AdversarialMethod = "none"  # train on L∞ adversarial images: fgsm (random start, Wong et al.) | nfgsm (noise 2·eps, unclipped, de Jorge et al.) | pgd
     adversarial_eps: float = 8 / 255  # L∞ radius in pixels of [0, 1] images
-    adversarial_alpha: float | None = None  # step size; None: fgsm 1.25·eps (Wong et al.), pgd eps/4
-    adversarial_steps: int = 10  # pgd: steps per batch (fgsm: always 1)
+    adversarial_alpha: float | None = None  # step size; None: fgsm 1.25·eps (Wong et al.), nfgsm eps, pgd eps/4
+    adversarial_steps: int = 10  # pgd: steps per batch (fgsm, nfgsm: always 1)
+    adversarial_check: int = 500  # adversarial runs: PGD-10 accuracy on this many held-out images after each epoch (catastrophic overfitting shows there); 0 = off
 
     @property
     def low_res_epochs(self) -> int:
@@ -266,7 +267,7 @@ _NON_NEGATIVE = (
     "augment.cutmix_alpha", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.warmup_epochs", "optim.gamma",
     "optim.final_lr_factor", "optim.grad_clip", "train.threads", "train.checkpoint_every", "train.checkpoint_epochs",
     "optim.lookahead_every", "optim.lookahead_start_epoch", "finetune.unfreeze_every", "optim.jsd_weight",
-    "semi.unlabelled_weight", "semi.strong_cutout",
+    "semi.unlabelled_weight", "semi.strong_cutout", "train.adversarial_check",
 )  # fmt: skip
 _POSITIVE = ("data.train_subset", "data.labels_per_class", "data.image_size", "train.epochs", "train.batch_size",
              "train.eval_batch_size", "train.log_every", "finetune.input_size", "augment.randaugment_ops",

@@ -638,28 +638,20 @@ def robustness(source: str | Path, settings: RobustnessConfig | None = None, dat
 
 
 def _attack_accuracies(checkpoint, test: ImageSet, settings: RobustnessConfig, device: torch.device) -> dict:
-    """Accuracy under each attack, batch by batch, the model's normalization inside."""
+    """Accuracy under each attack, the model's normalization inside; each attack draws its
+    random starts from its own generator (seeded alike), so leaving one out changes no other."""
     from .robust import attacks
 
     chosen = attacks.standard_attacks(settings.attacks, settings.eps, settings.eps_l2, settings.steps)
-    if not chosen:
-        return {}
     checkpoint.model.to(memory_format=torch.contiguous_format)
     model = attacks.Normalized(checkpoint.model, checkpoint.mean, checkpoint.std).to(device).eval()
-    generator = torch.Generator().manual_seed(settings.seed)
-    correct, seconds = dict.fromkeys(settings.attacks, 0), dict.fromkeys(settings.attacks, 0.0)
-    for first in range(0, len(test), settings.batch_size):
-        x = test.images[first:first + settings.batch_size].to(device).float() / 255
-        y = test.labels[first:first + settings.batch_size].to(device)
-        for attack in chosen:
-            start = time.perf_counter()
-            adversarial = attacks.perturb(model, x, y, attack, generator)
-            with torch.no_grad():
-                correct[attack.name] += int((model(adversarial).argmax(1) == y).sum())
-            seconds[attack.name] += time.perf_counter() - start
-    return {a.name: {"accuracy": correct[a.name] / len(test), "norm": a.norm, "eps": a.eps, "steps": a.steps,
-                     "alpha": a.alpha, "random_start": a.random_start, "seconds": seconds[a.name]}
-            for a in chosen}  # fmt: skip
+    results = {}
+    for a in chosen:
+        correct, seconds = attacks.robust_accuracy(model, test.images, test.labels, a,
+                                                   torch.Generator().manual_seed(settings.seed), settings.batch_size)  # fmt: skip
+        results[a.name] = {"accuracy": correct / len(test), "norm": a.norm, "eps": a.eps, "steps": a.steps,
+                           "alpha": a.alpha, "random_start": a.random_start, "seconds": seconds}  # fmt: skip
+    return results
 
 
 # ----------------------------------------------------------------------------- labels

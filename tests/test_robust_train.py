@@ -20,7 +20,7 @@ from cifarlab.data.image_ops import OPS
 from cifarlab.data.policies import AugMix
 from cifarlab.engine.metrics_log import read_metrics
 from cifarlab.robust import EXTRA, STANDARD
-from cifarlab.robust.adversarial import Adversary, training_attack
+from cifarlab.robust.adversarial import Adversary, held_out_check, training_attack
 from cifarlab.robust.consistency import jensen_shannon
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -116,10 +116,11 @@ def small_net() -> nn.Module:
                          nn.Flatten(), nn.Linear(128, 10))  # fmt: skip
 
 
-@pytest.mark.parametrize("method, alpha", [("fgsm", 1.25 * EPS), ("pgd", EPS / 4)])
-def test_adversarial_examples_stay_in_the_ball_and_the_image_range(method, alpha, real_images):
+@pytest.mark.parametrize("method, ball, alpha", [("fgsm", EPS, 1.25 * EPS), ("nfgsm", 3 * EPS, EPS),
+                                                ("pgd", EPS, EPS / 4)])  # fmt: skip
+def test_adversarial_examples_stay_in_the_ball_and_the_image_range(method, ball, alpha, real_images):
     attack = training_attack(TrainConfig(adversarial=method, adversarial_steps=3))
-    assert (attack.eps, attack.alpha, attack.random_start) == (pytest.approx(EPS), pytest.approx(alpha), True)
+    assert (attack.eps, attack.alpha, attack.random_start) == (pytest.approx(ball), pytest.approx(alpha), True)
     assert training_attack(TrainConfig()) is None
     net = small_net().train()  # BatchNorm on batch statistics while crafting, as in the references
     adversary = Adversary(net, attack, MEAN, STD, seed=0)
@@ -128,7 +129,9 @@ def test_adversarial_examples_stay_in_the_ball_and_the_image_range(method, alpha
     y = real_images.labels
     adversarial = adversary(x, y, step=5)
     delta = pixels(adversarial) - clean
-    assert delta.abs().max() <= EPS + 1e-5 and delta.abs().max() > EPS / 2
+    assert delta.abs().max() <= ball + 1e-5 and delta.abs().max() > ball - EPS / 2
+    if method == "nfgsm":  # noise of 2ε plus a step of ε, never clipped back to ε
+        assert (delta.abs() > 2 * EPS + 1e-5).float().mean() > 0.05
     assert pixels(adversarial).min() >= -1e-5 and pixels(adversarial).max() <= 1 + 1e-5
     assert all(p.grad is None for p in net.parameters())  # crafting leaves no gradient for the training step
     assert torch.equal(adversary(x, y, step=5), adversarial)  # the random start is keyed by the step
@@ -137,11 +140,35 @@ def test_adversarial_examples_stay_in_the_ball_and_the_image_range(method, alpha
         assert F.cross_entropy(net(adversarial), y) > F.cross_entropy(net(x), y)
 
 
+def test_held_out_check_measures_pgd_in_eval_mode_and_leaves_the_model_as_it_was(real_images):
+    net = small_net()
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    x = (real_images.images.float() / 255 - torch.tensor(MEAN).view(1, -1, 1, 1)) / torch.tensor(STD).view(1, -1, 1, 1)
+    for _ in range(60):  # learn the 64 images by heart: clean accuracy near 100%
+        optimizer.zero_grad()
+        F.cross_entropy(net(x), real_images.labels).backward()
+        optimizer.step()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        clean = (net.eval()(x).argmax(1) == real_images.labels).double().mean().item()
+    net.train()
+    check = lambda epoch, eps=EPS: held_out_check(net, real_images, TrainConfig(adversarial_check=48, adversarial_eps=eps),  # noqa: E731
+                                                  MEAN, STD, epoch)  # fmt: skip
+    robust = check(0)
+    assert clean > 0.9 and robust < clean - 0.2  # an attack, on the first 48 images
+    assert check(0) == robust  # the random starts are keyed by the epoch
+    assert check(0, eps=1e-7) == pytest.approx((net.eval()(x[:48]).argmax(1) == real_images.labels[:48]).double().mean().item())
+    assert net.train().training
+    check(1)
+    assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # eval mode: no BN update
+
+
 # ----------------------------------------------------------------------------- short real-data runs
 FEATURES = {
     "augmix-jsd": ["augment.policy=augmix", "optim.jsd_weight=12"],
     "noise": ["augment.noise_sigma=0.1"],
     "fgsm": ["train.adversarial=fgsm"],
+    "nfgsm": ["train.adversarial=nfgsm"],
     "pgd": ["train.adversarial=pgd", "train.adversarial_steps=2"],
 }
 
@@ -172,7 +199,7 @@ def test_each_feature_trains_a_short_epoch_and_writes_a_checkpoint(feature, real
     assert len(steps) == 4 and all(math.isfinite(r["train_loss"]) for r in steps)
     assert json.loads((run.dir / "eval.json").read_text())["num_images"] == 2000
     # the same first batch and weights as the plain run: only the feature changes the first loss
-    if feature in ("fgsm", "pgd"):
+    if feature in ("fgsm", "nfgsm", "pgd"):
         assert first_loss(run.dir) > first_loss(plain_run)  # adversarial images are harder
     else:
         assert first_loss(run.dir) != first_loss(plain_run)
@@ -196,7 +223,8 @@ class _StopAtStep:
 @pytest.mark.slow
 @pytest.mark.parametrize("feature", ["pgd-noise", "augmix-jsd"])
 def test_resume_mid_epoch_is_bit_identical(feature, real_root, tmp_path):
-    sets = [*FEATURES["pgd"], *FEATURES["noise"]] if feature == "pgd-noise" else FEATURES[feature]
+    sets = [*FEATURES["pgd"], *FEATURES["noise"], "data.calib_size=40", "train.adversarial_check=20"] \
+        if feature == "pgd-noise" else FEATURES[feature]  # fmt: skip
     sets = [*sets, "train.epochs=2", "train.checkpoint_every=2"]
     whole = cifarlab.train(tiny_config(real_root, tmp_path / "whole", *sets), verbose=False)
     config = tiny_config(real_root, tmp_path / "stopped", *sets)
@@ -208,3 +236,6 @@ def test_resume_mid_epoch_is_bit_identical(feature, real_root, tmp_path):
     timeless = lambda d: [{k: v for k, v in r.items() if k not in ("elapsed", "images_per_s")}  # noqa: E731
                           for r in read_metrics(d / "metrics.jsonl")]  # fmt: skip
     assert timeless(whole.dir) == timeless(resumed.dir)
+    if feature == "pgd-noise":  # the held-out PGD check ran after each epoch (and repeated on resume, above)
+        checks = [r["held_out_pgd_acc"] for r in read_metrics(whole.dir / "metrics.jsonl") if r["kind"] == "epoch"]
+        assert len(checks) == 2 and all(0 <= c <= 1 for c in checks)

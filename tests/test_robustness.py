@@ -278,6 +278,10 @@ def test_pgd_stays_in_the_ball_and_beats_fgsm(trained_net, real_root):
     assert (adversarial["pgd-l2"] - x).flatten(1).norm(dim=1).max() <= 0.5 + 1e-5
     assert accuracy(adversarial["pgd"]) <= accuracy(adversarial["fgsm"]) < clean
     assert accuracy(adversarial["pgd-l2"]) < clean
+    # the batched count the command and the training check use: the same images for the same draws
+    correct, _ = attacks.robust_accuracy(trained_net, test.images[:500], y, pgd, torch.Generator().manual_seed(1), 500)
+    again = attacks.perturb(trained_net, x, y, pgd, torch.Generator().manual_seed(1))
+    assert correct == round(accuracy(again) * 500)
 
 
 # ----------------------------------------------------------------------------- the command

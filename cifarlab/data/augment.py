@@ -35,6 +35,7 @@ class Stream(enum.IntEnum):
     NOISE = 6  # data/loader.py: Gaussian pixel noise (its sigmas, then each batch's noise)
     ADVERSARIAL_START = 7  # robust/adversarial.py: the random start of each crafted batch
     UNLABELLED = 8  # data/unlabelled.py: the unlabelled pool's loaders (their own seed)
+    ADVERSARIAL_CHECK = 9  # robust/adversarial.py: the random starts of the epoch-end PGD check
 
 
 def keyed_seed(*key: int) -> int:

@@ -28,7 +28,7 @@ from ..data import DeviceLoader, SemiLoader, Splits
 from ..data.augment import shrink
 from ..errors import CifarlabError
 from ..fileio import write_json
-from ..robust.adversarial import Adversary, training_attack
+from ..robust.adversarial import Adversary, held_out_check, training_attack
 from ..robust.consistency import jensen_shannon
 from . import distributed
 from .calibration import describe_fit, fit_record
@@ -383,6 +383,7 @@ class Trainer:
         self.window_clock = now
 
     def end_epoch(self) -> None:
+        c = self.config.train
         self.check_finite()
         if self.lookahead is not None:
             self.lookahead.sync()
@@ -395,12 +396,18 @@ class Trainer:
             logits, labels = self.predict_split(self.val_loader, len(self.splits.val), "none")
             val = metrics_from_logits(logits, labels, self.splits.classes)
             record.update(val_loss=val["loss"], val_acc=val["accuracy"])
+        held_out = self.splits.calibration_split() if self.adversary is not None and c.adversarial_check else None
+        if held_out is not None:  # in the run's time: it is part of what an adversarial recipe costs
+            record["held_out_pgd_acc"] = held_out_check(self.eval_model, held_out[1], c, self.splits.mean,
+                                                        self.splits.std, self.epoch)  # fmt: skip
         record.update(lr=self.lr(), elapsed=time.perf_counter() - self.clock)
         self.record(record)
         if self.verbose:
             text = f"epoch {record['epoch']}/{self.config.train.epochs}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.2%}"
             if val is not None:
                 text += f"  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}"
+            if held_out is not None:
+                text += f"  PGD-10 {record['held_out_pgd_acc']:.2%} ({min(c.adversarial_check, len(held_out[1]))} held out)"
             self.bar.write(text + f"  [{record['elapsed']:.0f}s]")
         self.epoch += 1
         self.batch = 0

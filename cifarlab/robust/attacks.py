@@ -10,6 +10,7 @@ the port in torchattacks has had no release since 2023.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -36,10 +37,11 @@ class Attack:
 
     name: str
     norm: str  # "linf" | "l2"
-    eps: float
+    eps: float  # the radius of the ball the images are projected back into
     steps: int
     alpha: float  # step size
     random_start: bool
+    start: float | None = None  # the random start's radius; None: eps
 
 
 def standard_attacks(names: list[str], eps_linf: float, eps_l2: float, steps: int = 10) -> list[Attack]:
@@ -72,7 +74,7 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack,
         if attack.norm == "l2":  # a random direction, a radius uniform in [0, ε]
             radius = torch.rand(len(x), generator=generator, device="cpu").to(x).view(-1, 1, 1, 1)
             noise = noise / _l2(noise) * radius
-        delta = (x + noise * attack.eps).clamp(0, 1) - x
+        delta = (x + noise * (attack.eps if attack.start is None else attack.start)).clamp(0, 1) - x
     for _ in range(attack.steps):
         delta.requires_grad_(True)
         loss = F.cross_entropy(model(x + delta), y)
@@ -82,3 +84,19 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack,
             delta = _project(delta + attack.alpha * step, attack)
             delta = (x + delta).clamp(0, 1) - x  # still inside the ball: clamping only shrinks each coordinate
     return (x + delta).detach()
+
+
+def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack,
+                    generator: torch.Generator, batch_size: int) -> tuple[int, float]:  # fmt: skip
+    """Images of uint8 `images` (N, 3, H, W) still classified right under `attack`, and the
+    seconds it took; `model` takes [0, 1] images (`Normalized`) and is used as it is (eval mode
+    to measure it)."""
+    device = next(model.parameters()).device
+    correct, start = 0, time.perf_counter()
+    for first in range(0, len(images), batch_size):
+        x = images[first:first + batch_size].to(device).float() / 255
+        y = labels[first:first + batch_size].to(device)
+        adversarial = perturb(model, x, y, attack, generator)
+        with torch.no_grad():
+            correct += int((model(adversarial).argmax(1) == y).sum())
+    return correct, time.perf_counter() - start
