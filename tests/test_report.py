@@ -292,6 +292,18 @@ def test_most_confused_pairs():
     assert pairs[0]["share"] == pytest.approx(4 / 12)
 
 
+def test_curves_show_an_adversarial_runs_held_out_pgd_accuracy():
+    from cifarlab.viz.plots import training_curves
+
+    records = [{"kind": "epoch", "epoch": e, "train_loss": 2.0 / e, "train_acc": 0.2 * e, "lr": 0.1,
+                "held_out_pgd_acc": pgd} for e, pgd in ((1, 0.15), (2, 0.22), (3, 0.0))]  # fmt: skip
+    acc_ax = training_curves({"run": records}).axes[1]
+    (line,) = [ln for ln in acc_ax.get_lines() if "PGD" in ln.get_label()]
+    assert list(line.get_xdata()) == [1, 2, 3] and list(line.get_ydata()) == [0.15, 0.22, 0.0]
+    plain = [{k: v for k, v in r.items() if k != "held_out_pgd_acc"} for r in records]
+    assert not [ln for ln in training_curves({"run": plain}).axes[1].get_lines() if "PGD" in ln.get_label()]
+
+
 def test_data_show_saves_a_picture_and_prints_the_statistics(synthetic_root, tmp_path, capsys):
     out = tmp_path / "overview.png"
     assert main(["data", "show", "--data-dir", str(synthetic_root), "--out", str(out)]) == 0

@@ -43,7 +43,8 @@ def _as_image(image: torch.Tensor) -> np.ndarray:
 
 def training_curves(runs: dict[str, list[dict]]) -> Figure:
     """Loss, accuracy and learning rate against epochs from metrics.jsonl records, one colour
-    per run: train per log window (thin), train and validation per epoch (markers)."""
+    per run: train per log window (thin), train and validation per epoch (markers), and an
+    adversarial run's held-out PGD accuracy per epoch (squares)."""
     figure = Figure(figsize=(14, 4), layout="constrained")
     loss_ax, acc_ax, lr_ax = figure.subplots(1, 3)
     single = len(runs) == 1
@@ -61,6 +62,11 @@ def training_curves(runs: dict[str, list[dict]]) -> Figure:
             if val:
                 ax.plot([r["epoch"] for r in val], [r[f"val_{key}"] for r in val], color=val_color, marker="o", ms=3,
                         label=f"{prefix}validation (epoch)")  # fmt: skip
+        attacked = [r for r in epochs if "held_out_pgd_acc" in r]  # adversarial training's check
+        if attacked:
+            acc_ax.plot([r["epoch"] for r in attacked], [r["held_out_pgd_acc"] for r in attacked],
+                        color="C3" if single else color, ls=":", marker="s", ms=3,
+                        label=f"{prefix}held out under PGD-10 (epoch)")  # fmt: skip
         lr_records = windows or epochs
         lr_ax.plot([r["epoch"] for r in lr_records], [r["lr"] for r in lr_records], color=color, label=label)
     losses = [v for line in loss_ax.get_lines() for v in line.get_ydata()]

@@ -17,7 +17,7 @@ _WINDOW_TAGS = {"train_loss": "train_window/loss", "train_acc": "train_window/ac
                 "images_per_s": "throughput/images_per_s", "unlabelled_loss": "train_window/unlabelled_loss",
                 "mask_rate": "train_window/mask_rate"}  # fmt: skip
 _EPOCH_TAGS = {"train_loss": "epoch/train_loss", "train_acc": "epoch/train_accuracy", "val_loss": "epoch/val_loss",
-               "val_acc": "epoch/val_accuracy"}  # fmt: skip
+               "val_acc": "epoch/val_accuracy", "held_out_pgd_acc": "epoch/held_out_pgd_accuracy"}  # fmt: skip
 _TEST_TAGS = {"accuracy": "test/accuracy", "loss": "test/loss"}
 
 
