@@ -63,6 +63,7 @@ class AugmentConfig:
     flip: Flip = "random"  # alternating (airbench): each image flips every other epoch
     cutout: int = 0  # side of a zeroed square per image; 0 = off
     policy: PolicyName = "none"  # drawn per image; autoaugment is its CIFAR-10 policy
+    policy_fraction: float = 1.0  # the policy's share of images, drawn per image and view; the rest pass unchanged
     randaugment_ops: int = 2  # RandAugment: ops per image (N)
     randaugment_magnitude: int = 9  # RandAugment: magnitude bin of 0..30 (M)
     random_erasing: float = 0.0  # probability per image of zeroing a random rectangle (Zhong et al. 2020); 0 = off
@@ -272,7 +273,8 @@ _NON_NEGATIVE = (
 _POSITIVE = ("data.train_subset", "data.labels_per_class", "data.image_size", "train.epochs", "train.batch_size",
              "train.eval_batch_size", "train.log_every", "finetune.input_size", "augment.randaugment_ops",
              "augment.augmix_width", "augment.augmix_depth", "augment.augmix_alpha", "train.adversarial_alpha",
-             "train.adversarial_steps", "semi.unlabelled_ratio", "semi.strong_ops")  # fmt: skip
+             "train.adversarial_steps", "semi.unlabelled_ratio", "semi.strong_ops",
+             "augment.policy_fraction")  # fmt: skip
 
 
 def validate(config: Config) -> Config:
@@ -293,7 +295,7 @@ def validate(config: Config) -> Config:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [0, {limit})")
     for key, low, high in (("augment.random_erasing", 0, 1), ("augment.randaugment_magnitude", 0, 30),
                            ("augment.augmix_severity", 1, 10), ("augment.noise_sigma", 0, 1),
-                           ("semi.strong_magnitude", 0, 30)):  # fmt: skip
+                           ("augment.policy_fraction", 0, 1), ("semi.strong_magnitude", 0, 30)):  # fmt: skip
         if not low <= flat[key] <= high:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [{low}, {high}]")
     for key in ("data.mean", "data.std"):

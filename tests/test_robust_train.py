@@ -91,6 +91,21 @@ def test_augmix_views_keep_shape_dtype_range_and_repeat_for_a_seed(real_images):
     assert not torch.equal(first, second) and not torch.equal(first, clean)
 
 
+@pytest.mark.parametrize("policy", ["augmix", "randaugment"])
+def test_policy_fraction_spares_images_whole_and_leaves_the_others_as_drawn(real_images, policy):
+    def epoch(**augment) -> torch.Tensor:
+        loader = augmix_loader(real_images, views=1, **{"policy": policy, "noise_sigma": 0.0, **augment})
+        return torch.cat([x for x, _ in loader.epoch(0)])
+
+    plain, everywhere, half = epoch(policy="none"), epoch(), epoch(policy_fraction=0.5)
+    spared = (half == plain).flatten(1).all(1)
+    as_drawn = (half == everywhere).flatten(1).all(1)
+    assert 16 <= spared.sum() <= 48  # about half of the 64, each image whole
+    assert (spared | as_drawn).all()  # the rest keep the plan a fraction of 1 draws for them
+    assert (everywhere == plain).flatten(1).all(1).sum() < 8  # with a fraction of 1, nearly all change
+    assert torch.equal(half, epoch(policy_fraction=0.5)) and torch.equal(everywhere, epoch(policy_fraction=1.0))
+
+
 def test_noise_has_its_own_sigma_per_image_and_the_same_images_for_any_world_size(real_images):
     indexed = ImageSet(real_images.images, torch.arange(64), [str(i) for i in range(64)])  # labels: which image
 
@@ -154,10 +169,10 @@ def test_held_out_check_measures_pgd_in_eval_mode_and_leaves_the_model_as_it_was
     net.train()
     check = lambda epoch, eps=EPS: held_out_check(net, real_images, TrainConfig(adversarial_check=48, adversarial_eps=eps),  # noqa: E731
                                                   MEAN, STD, epoch)  # fmt: skip
-    robust = check(0)
-    assert clean > 0.9 and robust < clean - 0.2  # an attack, on the first 48 images
-    assert check(0) == robust  # the random starts are keyed by the epoch
-    assert check(0, eps=1e-7) == pytest.approx((net.eval()(x[:48]).argmax(1) == real_images.labels[:48]).double().mean().item())
+    robust, checked = check(0)
+    assert checked == 48 and clean > 0.9 and robust < clean - 0.2  # an attack, on the first 48 images
+    assert check(0) == (robust, 48)  # the random starts are keyed by the epoch
+    assert check(0, eps=1e-7)[0] == pytest.approx((net.eval()(x[:48]).argmax(1) == real_images.labels[:48]).double().mean().item())
     assert net.train().training
     check(1)
     assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # eval mode: no BN update

@@ -36,6 +36,7 @@ class Stream(enum.IntEnum):
     ADVERSARIAL_START = 7  # robust/adversarial.py: the random start of each crafted batch
     UNLABELLED = 8  # data/unlabelled.py: the unlabelled pool's loaders (their own seed)
     ADVERSARIAL_CHECK = 9  # robust/adversarial.py: the random starts of the epoch-end PGD check
+    POLICY_FRACTION = 10  # data/loader.py: which images and views the policy leaves as they are
 
 
 def keyed_seed(*key: int) -> int:

@@ -49,6 +49,12 @@ class Policy:
     def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
+    def passthrough(self, plan: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """`plan` with the rows where `rows` is True changed to leave their images as they are."""
+        plan = plan.clone()
+        plan[rows, 0::2] = -1
+        return plan
+
     def apply(self, images: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
         for step in range(plan.shape[1] // 2):
             images = apply_ops(images, plan[:, 2 * step].long(), plan[:, 2 * step + 1], self.interpolation)
@@ -130,6 +136,13 @@ class AugMix(Policy):
         op = torch.where(torch.arange(self.depth) < depth, self.ops[which], -1)
         magnitude = _random_sign(self.magnitudes[which, level], self.signed[which], generator)
         return torch.cat([original, weights, _plan(op.flatten(1), magnitude.flatten(1))], 1)
+
+    def passthrough(self, plan: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """All weight on the original image, and no ops to run in the chains."""
+        plan = plan.clone()
+        plan[rows, : 1 + self.chains] = torch.tensor([1.0] + [0.0] * self.chains)
+        plan[rows, 1 + self.chains :: 2] = -1
+        return plan
 
     def apply(self, images: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
         weights = plan[:, : 1 + self.chains, None, None, None]

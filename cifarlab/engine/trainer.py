@@ -398,8 +398,8 @@ class Trainer:
             record.update(val_loss=val["loss"], val_acc=val["accuracy"])
         held_out = self.splits.calibration_split() if self.adversary is not None and c.adversarial_check else None
         if held_out is not None:  # in the run's time: it is part of what an adversarial recipe costs
-            record["held_out_pgd_acc"] = held_out_check(self.eval_model, held_out[1], c, self.splits.mean,
-                                                        self.splits.std, self.epoch)  # fmt: skip
+            record["held_out_pgd_acc"], checked = held_out_check(self.eval_model, held_out[1], c, self.splits.mean,
+                                                                 self.splits.std, self.epoch)  # fmt: skip
         record.update(lr=self.lr(), elapsed=time.perf_counter() - self.clock)
         self.record(record)
         if self.verbose:
@@ -407,7 +407,7 @@ class Trainer:
             if val is not None:
                 text += f"  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}"
             if held_out is not None:
-                text += f"  PGD-10 {record['held_out_pgd_acc']:.2%} ({min(c.adversarial_check, len(held_out[1]))} held out)"
+                text += f"  PGD-10 {record['held_out_pgd_acc']:.2%} ({checked} held out)"
             self.bar.write(text + f"  [{record['elapsed']:.0f}s]")
         self.epoch += 1
         self.batch = 0

@@ -32,7 +32,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import ImageSet
 from ..data.augment import Stream, keyed_generator
-from .attacks import Attack, Normalized, perturb, robust_accuracy, standard_attacks
+from .attacks import Attack, Normalized, perturb, pgd_linf, robust_accuracy
 
 
 def training_attack(train: TrainConfig) -> Attack | None:
@@ -63,11 +63,13 @@ class Adversary:
         return (perturb(self.model, pixels, y, self.attack, starts) - mean) / std
 
 
-def held_out_check(model: nn.Module, held_out: ImageSet, train: TrainConfig, mean, std, epoch: int) -> float:
+def held_out_check(model: nn.Module, held_out: ImageSet, train: TrainConfig, mean, std,
+                   epoch: int) -> tuple[float, int]:  # fmt: skip
     """PGD-10 L∞ accuracy at the training ε (the suite's attack, `cifarlab robustness`) of
-    `model` in eval mode on the first train.adversarial_check held-out images; its random
-    starts are keyed by (seed, epoch). Costs about 11 forward and backward passes per image."""
-    attack = standard_attacks(["pgd"], train.adversarial_eps, eps_l2=0.5)[0]
+    `model` in eval mode on the first train.adversarial_check held-out images, and how many
+    were checked; its random starts are keyed by (seed, epoch). Costs about 11 forward and
+    backward passes per image."""
+    attack = pgd_linf(train.adversarial_eps)
     device = next(model.parameters()).device
     images, labels = held_out.images[: train.adversarial_check], held_out.labels[: train.adversarial_check]
     training = model.training
@@ -77,4 +79,4 @@ def held_out_check(model: nn.Module, held_out: ImageSet, train: TrainConfig, mea
                                      keyed_generator(train.seed, Stream.ADVERSARIAL_CHECK, epoch), train.eval_batch_size)  # fmt: skip
     finally:
         model.train(training)
-    return correct / len(images)
+    return correct / len(images), len(images)

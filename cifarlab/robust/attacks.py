@@ -44,11 +44,16 @@ class Attack:
     start: float | None = None  # the random start's radius; None: eps
 
 
+def pgd_linf(eps: float, steps: int = 10) -> Attack:
+    """PGD-L∞ from a random start with α = ε/4 (2/255 at ε = 8/255)."""
+    return Attack("pgd", "linf", eps, steps, eps / 4, True)
+
+
 def standard_attacks(names: list[str], eps_linf: float, eps_l2: float, steps: int = 10) -> list[Attack]:
-    """FGSM (one step of ε), PGD-L∞ (α = 2/255 at ε = 8/255, i.e. ε/4) and PGD-L2 (α = 2.5·ε/steps,
-    Madry et al.'s rule, so the iterate can cross the ball), both from a random start."""
+    """FGSM (one step of ε), PGD-L∞ (`pgd_linf`) and PGD-L2 (α = 2.5·ε/steps, Madry et al.'s
+    rule, so the iterate can cross the ball), both from a random start."""
     table = {"fgsm": Attack("fgsm", "linf", eps_linf, 1, eps_linf, False),
-             "pgd": Attack("pgd", "linf", eps_linf, steps, eps_linf / 4, True),
+             "pgd": pgd_linf(eps_linf, steps),
              "pgd-l2": Attack("pgd-l2", "l2", eps_l2, steps, 2.5 * eps_l2 / steps, True)}  # fmt: skip
     return [table[name] for name in names]
 
