@@ -120,8 +120,8 @@ class DeviceLoader:
             if a.policy_fraction < 1:
                 fraction = keyed_generator(*self._key(Stream.POLICY_FRACTION, epoch))
                 spared = torch.rand(n, self.augmented_views, generator=fraction) >= a.policy_fraction
-                params.policy = torch.stack([self.policy.passthrough(params.policy[:, view], spared[:, view])
-                                             for view in range(self.augmented_views)], 1)  # fmt: skip
+                flat = self.policy.passthrough(params.policy.flatten(0, 1), spared.flatten())
+                params.policy = flat.view_as(params.policy)
         if a.random_erasing > 0:
             params.erase = draw_erasing(n, a.random_erasing, keyed_generator(*self._key(Stream.ERASE, epoch)), size)
         if self.mixes:
