@@ -294,6 +294,8 @@ CASES = {
                                    "train.adversarial_check=-1 is out of range; it must be >= 0"),
     "noise-sigma-negative": (lambda t, r: [*TRAIN, "--set", "augment.noise_sigma=-0.1"],
                              "augment.noise_sigma=-0.1 is out of range; it must be in [0, 1]"),
+    "impulse-amount-above-one": (lambda t, r: [*TRAIN, "--set", "augment.impulse_amount=1.5"],
+                                 "augment.impulse_amount=1.5 is out of range; it must be in [0, 1]"),
     "jsd-weight-negative": (lambda t, r: [*TRAIN, "--set", "optim.jsd_weight=-1"],
                             "optim.jsd_weight=-1.0 is out of range; it must be >= 0"),
     "jsd-without-augmix": (lambda t, r: [*TRAIN, "--set", "optim.jsd_weight=12"], "needs augment.policy=augmix"),

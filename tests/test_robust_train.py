@@ -124,6 +124,34 @@ def test_noise_has_its_own_sigma_per_image_and_the_same_images_for_any_world_siz
     assert torch.equal(torch.cat([h[0] for h in halves]), x) and torch.equal(torch.cat([h[1] for h in halves]), y)
 
 
+def test_impulse_noise_sets_a_share_per_image_to_black_or_white_keeps_the_rest_and_leaves_gaussian_draws(real_images):
+    def first_batch(rank=0, world_size=1, **augment):
+        augment = AugmentConfig(**{"translate": 0, "flip": "none", "policy": "augmix", **augment})
+        loader = DeviceLoader(real_images, 16, MEAN, STD, augment, shuffle=True, drop_last=True, seed=3, rank=rank,
+                              world_size=world_size, channels_last=False, views=3)  # fmt: skip
+        return next(loader.epoch(1))[0]
+
+    plain, salted = first_batch(), first_batch(impulse_amount=0.2)
+    clean, *views = salted.split(16)
+    assert torch.equal(clean, plain[:16])  # the clean view keeps no noise
+    for before, after in zip(plain.split(16)[1:], views):
+        changed = ~torch.isclose(before, after, atol=1e-5)
+        values = pixels(after)[changed]
+        assert torch.isclose(values, torch.tensor(0.0), atol=1e-5).logical_or(
+            torch.isclose(values, torch.tensor(1.0), atol=1e-5)).all()  # only salt and pepper
+        share = changed.flatten(1).float().mean(1)  # a share U(0, 0.2) per image, less the values already 0 or 1
+        assert share.max() < 0.2 and share.max() > 2 * share.min() and 0.04 < share.mean() < 0.16
+        salt = torch.isclose(values, torch.tensor(1.0), atol=1e-5).float().mean()
+        assert 0.35 < salt < 0.65  # about half salt, half pepper
+    # with Gaussian noise too: salt and pepper on top, the Gaussian draws as without it
+    both, gaussian = first_batch(noise_sigma=0.1, impulse_amount=0.2), first_batch(noise_sigma=0.1)
+    hit = ~torch.isclose(salted, plain, atol=1e-5)
+    inside = (pixels(plain) > 1e-3) & (pixels(plain) < 1 - 1e-3)  # a hit on a value already 0 or 1 shows in neither
+    assert torch.allclose(torch.where(hit, salted, gaussian)[inside], both[inside], atol=1e-5)
+    halves = [first_batch(rank, 2, noise_sigma=0.1, impulse_amount=0.2).split(8) for rank in (0, 1)]
+    assert torch.equal(torch.cat([half[view] for view in range(3) for half in halves]), both)
+
+
 # ----------------------------------------------------------------------------- adversarial training
 def small_net() -> nn.Module:
     torch.manual_seed(0)

@@ -37,6 +37,7 @@ class Stream(enum.IntEnum):
     UNLABELLED = 8  # data/unlabelled.py: the unlabelled pool's loaders (their own seed)
     ADVERSARIAL_CHECK = 9  # robust/adversarial.py: the random starts of the epoch-end PGD check
     POLICY_FRACTION = 10  # data/loader.py: which images and views the policy leaves as they are
+    IMPULSE = 11  # data/loader.py: salt-and-pepper noise (its amounts, then each batch's draws)
 
 
 def keyed_seed(*key: int) -> int:
@@ -70,6 +71,7 @@ class AugmentParams:
     mix_weight: torch.Tensor | None = None  # blend weight of the image itself outside mix_box
     mix_box: torch.Tensor | None = None  # (n, 4) box pasted from the partner (CutMix)
     noise_sigma: torch.Tensor | None = None  # (n, views) std of the Gaussian pixel noise per image and augmented view
+    impulse_amount: torch.Tensor | None = None  # (n, views) share of salt-and-pepper pixel values, likewise
 
     def __getitem__(self, index) -> "AugmentParams":
         return AugmentParams(*(None if t is None else t[index] for t in self.__dict__.values()))
@@ -180,6 +182,16 @@ def add_noise(x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, mean: t
     clipped to the pixel range as a noisy photo is: CIFAR-10-C's gaussian_noise on the fly."""
     low, high = (-mean / std).view(1, -1, 1, 1), ((1 - mean) / std).view(1, -1, 1, 1)
     return torch.clamp(x + sigma.view(-1, 1, 1, 1) * noise / std.view(1, -1, 1, 1), low, high)
+
+
+def add_impulse(x: torch.Tensor, amount: torch.Tensor, draw: torch.Tensor, mean: torch.Tensor,
+                std: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Salt-and-pepper noise on normalized images: each value whose uniform `draw` falls below
+    `amount[i]` becomes the pixel range's top (below half of it) or bottom, as CIFAR-10-C's
+    impulse_noise (scikit-image's random_noise, mode "s&p") does per channel value."""
+    low, high = (-mean / std).view(1, -1, 1, 1), ((1 - mean) / std).view(1, -1, 1, 1)
+    amount = amount.view(-1, 1, 1, 1)
+    return torch.where(draw < amount / 2, high, torch.where(draw < amount, low, x))
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

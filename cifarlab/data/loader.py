@@ -15,7 +15,7 @@ import torch
 
 from ..config import AugmentConfig
 from .augment import (
-    AugmentParams, Stream, add_noise, crop_flip, cutout, draw_erasing, draw_params, erase, keyed_generator,
+    AugmentParams, Stream, add_impulse, add_noise, crop_flip, cutout, draw_erasing, draw_params, erase, keyed_generator,
     keyed_numpy_generator, normalize,
 )  # fmt: skip
 from .datasets import ImageSet
@@ -82,7 +82,7 @@ class DeviceLoader:
         self.views, self.augmented_views = views, max(views - 1, 1)
         self.augments = (
             augment.translate > 0 or augment.flip != "none" or augment.cutout > 0 or self.policy is not None
-            or augment.random_erasing > 0 or self.mixes or augment.noise_sigma > 0
+            or augment.random_erasing > 0 or self.mixes or augment.noise_sigma > 0 or augment.impulse_amount > 0
         )  # fmt: skip
 
     def __len__(self) -> int:
@@ -131,6 +131,9 @@ class DeviceLoader:
         if a.noise_sigma > 0:
             sigmas = keyed_generator(*self._key(Stream.NOISE, epoch))
             params.noise_sigma = torch.rand(n, self.augmented_views, generator=sigmas) * a.noise_sigma
+        if a.impulse_amount > 0:
+            amounts = keyed_generator(*self._key(Stream.IMPULSE, epoch))
+            params.impulse_amount = torch.rand(n, self.augmented_views, generator=amounts) * a.impulse_amount
         return order, params
 
     def _key(self, stream: int, *rest: int) -> tuple[int, ...]:
@@ -159,8 +162,9 @@ class DeviceLoader:
             if self.views > 1:
                 more = [self._transform(images, batch_params, view) for view in range(1, self.augmented_views)]
                 x = torch.cat([self._transform(images, batch_params, None), x, *more])
-            if batch_params is not None and batch_params.noise_sigma is not None:
-                x = self._noisy(x, batch_params.noise_sigma, epoch, b, start - b * self.batch_size)
+            if batch_params is not None and (batch_params.noise_sigma is not None
+                                             or batch_params.impulse_amount is not None):  # fmt: skip
+                x = self._noisy(x, batch_params, epoch, b, start - b * self.batch_size)
             yield self._layout(x), y
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -186,18 +190,29 @@ class DeviceLoader:
             x = erase(x, params.erase)
         return self._layout(x)
 
-    def _noisy(self, x: torch.Tensor, sigma: torch.Tensor, epoch: int, batch: int, offset: int) -> torch.Tensor:
-        """x with Gaussian pixel noise on its augmented views (σ per image and view). The noise
-        is drawn on the device for the whole global batch, keyed by (seed, epoch, batch, view),
-        and this rank takes its rows (from `offset`): the same images for any world size."""
-        rows = len(sigma)
+    def _noisy(self, x: torch.Tensor, params: AugmentParams, epoch: int, batch: int, offset: int) -> torch.Tensor:
+        """x with pixel noise on its augmented views: Gaussian (σ per image and view), then salt
+        and pepper (a share per image and view). Each noise is drawn on the device for the whole
+        global batch, keyed by (seed, its stream, epoch, batch, view), and this rank takes its rows
+        (from `offset`): the same images for any world size."""
+        rows = len(x) // self.views
         count = min(self.batch_size, len(self.images) - batch * self.batch_size)
         blocks = list(x.split(rows))
         first = len(blocks) - self.augmented_views  # after the clean view, if there is one
+
+        def draw(stream: int, view: int, sample) -> torch.Tensor:
+            generator = keyed_generator(*self._key(stream, epoch, batch, view), device=x.device)
+            return sample((count, *x.shape[1:]), generator=generator, device=x.device)[offset : offset + rows]
+
         for view in range(self.augmented_views):
-            generator = keyed_generator(*self._key(Stream.NOISE, epoch, batch, view), device=x.device)
-            noise = torch.randn((count, *x.shape[1:]), generator=generator, device=x.device)[offset : offset + rows]
-            blocks[first + view] = add_noise(blocks[first + view], sigma[:, view], noise, self.mean, self.std)
+            block = blocks[first + view]
+            if params.noise_sigma is not None:
+                block = add_noise(block, params.noise_sigma[:, view], draw(Stream.NOISE, view, torch.randn),
+                                  self.mean, self.std)  # fmt: skip
+            if params.impulse_amount is not None:
+                block = add_impulse(block, params.impulse_amount[:, view], draw(Stream.IMPULSE, view, torch.rand),
+                                    self.mean, self.std)  # fmt: skip
+            blocks[first + view] = block
         return torch.cat(blocks)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
