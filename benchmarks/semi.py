@@ -13,6 +13,12 @@ once, at the end), and semi minus labels-only in points. The probe assumes the m
 stays as it was: on a shared CPU an arm can end far from the budget (`within_budget` says).
 --results FILE appends each seed as a JSON line and summarizes every line of the same
 labels-per-class and method in the file.
+
+--method selftrain: the semi arm is a labels-only teacher given --teacher-minutes (fitted as
+above), then --rounds students of --student-recipe (no validation or calibration hold-out: every
+label trains), each taught by the run before it; the arm's
+time is the teacher's train and eval seconds plus each student's whole wall time (its labelling
+of the pool included), all against the one budget.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import cifarlab
@@ -59,7 +66,7 @@ def arm_config(args, seed: int, method: str, out: Path, extra: list[str], epochs
     return cifarlab.resolve_config("fast-semi", sets=sets)
 
 
-def run_arm(args, seed: int, method: str, folder: Path, extra: list[str]) -> dict:
+def run_arm(args, seed: int, method: str, folder: Path, extra: list[str], minutes: float | None = None) -> dict:
     probe = _Probe()
     # PROBE_STEPS epochs: the probe stops itself at step PROBE_STEPS even at one step per epoch (25 labels per class).
     probe_config = arm_config(args, seed, method, folder / f"{method}-seed{seed}-probe", extra + ["train.log_every=1"],
@@ -69,19 +76,42 @@ def run_arm(args, seed: int, method: str, folder: Path, extra: list[str]) -> dic
     except _Probe.Done:
         pass
     seconds_per_step = probe.seconds_per_step()
-    train_budget = 60 * (args.budget_minutes - args.reserve_minutes)
+    train_budget = 60 * ((minutes or args.budget_minutes) - args.reserve_minutes)
     epochs = max(1, int(train_budget / (seconds_per_step * probe.steps_per_epoch)))
     run = cifarlab.train(arm_config(args, seed, method, folder / f"{method}-seed{seed}", extra, epochs), verbose=False)
     test = run.test
-    return {"method": method, "epochs": epochs, "steps_per_epoch": probe.steps_per_epoch,
+    return {"method": method, "dir": str(run.dir), "epochs": epochs, "steps_per_epoch": probe.steps_per_epoch,
             "probe_seconds_per_step": round(seconds_per_step, 3), "accuracy": test["accuracy"],
             "train_seconds": round(test["train_seconds"], 1), "eval_seconds": round(test["eval_seconds"], 1),
             "total_seconds": round(test["train_seconds"] + test["eval_seconds"], 1),
             "within_budget": test["train_seconds"] + test["eval_seconds"] <= 60 * args.budget_minutes}  # fmt: skip
 
 
+def selftrain_arm(args, seed: int, folder: Path) -> dict:
+    """A labels-only teacher on part of the budget, then students, each taught by the last run."""
+    teacher = run_arm(args, seed, "none", folder / "teacher", [], minutes=args.teacher_minutes)
+    taught_by, total, rounds = teacher["dir"], teacher["total_seconds"], []
+    for round_ in range(1, args.rounds + 1):
+        sets = [f"data.labels_per_class={args.labels_per_class}", "data.val_size=0", "data.calib_size=0",
+                "semi.method=selftrain", f"semi.teacher={taught_by}", f"train.seed={seed}",
+                f"train.out={folder / f'selftrain-seed{seed}-round{round_}'}", "train.report=false", *args.set,
+                *args.student_set]  # fmt: skip
+        if args.data_dir:
+            sets.append(f"data.data_dir={args.data_dir}")
+        start = time.perf_counter()
+        run = cifarlab.train(cifarlab.resolve_config(args.student_recipe, sets=sets), verbose=False)
+        wall = time.perf_counter() - start
+        record = json.loads((run.dir / "labelled.json").read_text())
+        rounds.append({"accuracy": run.test["accuracy"], "pseudo_labelled": record["pseudo_labelled"],
+                       "train_seconds": round(run.test["train_seconds"], 1), "wall_seconds": round(wall, 1)})  # fmt: skip
+        taught_by, total = str(run.dir), total + wall
+    return {"method": "selftrain", "student_recipe": args.student_recipe, "teacher": teacher, "rounds": rounds,
+            "accuracy": rounds[-1]["accuracy"], "total_seconds": round(total, 1),
+            "within_budget": total <= 60 * args.budget_minutes}  # fmt: skip
+
+
 def run_seed(args, seed: int, folder: Path) -> dict:
-    semi = run_arm(args, seed, args.method, folder, [])
+    semi = selftrain_arm(args, seed, folder) if args.method == "selftrain" else run_arm(args, seed, args.method, folder, [])
     labels_only = run_arm(args, seed, "none", folder, args.baseline_set)
     return {
         "labels_per_class": args.labels_per_class, "method": args.method, "seed": seed,
@@ -107,7 +137,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--labels-per-class", type=int, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--method", default="fixmatch", help="fixmatch | pseudo (default: fixmatch)")
+    parser.add_argument("--method", default="fixmatch", help="fixmatch | pseudo | selftrain (default: fixmatch)")
+    parser.add_argument("--teacher-minutes", type=float, default=10.0, help="selftrain: the teacher's budget")
+    parser.add_argument("--rounds", type=int, default=1, help="selftrain: students, each taught by the last run")
+    parser.add_argument("--student-recipe", default="fast", help="selftrain: the students' recipe (default: fast)")
+    parser.add_argument("--student-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="selftrain: a setting of the students only")
     parser.add_argument("--budget-minutes", type=float, default=60.0, help="wall time per arm, all included")
     parser.add_argument("--reserve-minutes", type=float, default=3.0,
                         help="of the budget, kept for start-up and the final TTA evaluation (default: 3)")

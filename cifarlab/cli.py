@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "with --semi the other training images are an unlabelled pool")  # fmt: skip
     train.add_argument("--semi", metavar="METHOD",
                        help=f"learn from the unlabelled pool too: {' | '.join(choices('semi.method'))} (see `fast-semi`)")
+    train.add_argument("--teacher", metavar="RUN",
+                       help="--semi selftrain: the finished run, with the same labels, whose confident predictions "
+                            "label the pool")  # fmt: skip
     train.add_argument("--dataset", help=DATASET_HELP)
 
     finetune = commands.add_parser("finetune", help="adapt a pretrained model to a new task, then test it once")
@@ -374,7 +377,7 @@ def _saved(args, flags):
 def _train(args) -> None:
     from .config import resolve
 
-    flags = _run_flags(args, model={"name": args.model}, semi={"method": args.semi},
+    flags = _run_flags(args, model={"name": args.model}, semi={"method": args.semi, "teacher": args.teacher},
                        data={"train_subset": args.train_subset, "labels_per_class": args.labels_per_class,
                              "dataset": args.dataset})  # fmt: skip
     _start(args, _saved(args, flags) or resolve(args.recipe, args.config, flags, args.set))

@@ -38,7 +38,7 @@ Strategy = Literal["linear", "full", "gradual"]
 QuantBackend = Literal["onnxruntime", "pt2e"]
 ActiveStrategy = Literal["random", "entropy", "margin", "coreset"]  # labels/strategies.py says what each picks
 AdversarialMethod = Literal["none", "fgsm", "nfgsm", "pgd"]
-SemiMethod = Literal["none", "fixmatch", "pseudo"]
+SemiMethod = Literal["none", "fixmatch", "pseudo", "selftrain"]
 
 
 @dataclass
@@ -171,13 +171,20 @@ class TrainConfig:
 
 @dataclass
 class SemiConfig:
-    method: SemiMethod = "none"  # fixmatch | pseudo: also learn from the unlabelled pool (needs data.labels_per_class)
-    threshold: float = 0.95  # τ: an unlabelled image teaches only when the model's top probability on its weak view is ≥ τ
+    method: SemiMethod = "none"  # fixmatch | pseudo | selftrain: learn from the unlabelled pool too (needs labels_per_class)
+    threshold: float = 0.95  # τ: a pool image teaches only when the model's (selftrain: teacher's) top probability is ≥ τ
+    teacher: str | None = None  # selftrain: a finished run (or checkpoint) with the same labels; it labels the pool
     unlabelled_ratio: int = 3  # μ: unlabelled images per labelled image in a step (FixMatch: 7; fewer fit a CPU hour)
     unlabelled_weight: float = 1.0  # λ_u: weight of the unlabelled loss beside the labelled one
     strong_ops: int = 2  # fixmatch's strong view: RandAugment ops per image (after the weak flip + translate)
     strong_magnitude: int = 16  # of 0..30; about the mean of FixMatch's random magnitudes
     strong_cutout: int = 16  # then a square of this side is zeroed (FixMatch: half the image)
+
+    @property
+    def online(self) -> bool:
+        """Whether each step learns from the pool (fixmatch, pseudo), rather than from labels a
+        teacher gave it before training (selftrain: an ordinary supervised run after that)."""
+        return self.method in ("fixmatch", "pseudo")
 
 
 @dataclass
@@ -332,7 +339,7 @@ def _validate_low_res(config: Config) -> None:
     if not 0 < t.low_res_share < 1:
         raise CifarlabError(f"train.low_res_share={t.low_res_share} is out of range; with train.low_res it must be "
                             f"in (0, 1): the last epochs train at the full size the test uses")  # fmt: skip
-    if config.semi.method != "none":
+    if config.semi.online:
         raise CifarlabError("train.low_res is not used with semi-supervised training; set train.low_res=0")
 
 
@@ -347,7 +354,7 @@ def _validate_drop_easy(config: Config) -> None:
     if not 0 < t.drop_easy_share < 1:
         raise CifarlabError(f"train.drop_easy_share={t.drop_easy_share} is out of range; with train.drop_easy it must "
                             f"be in (0, 1): the first epochs train on every image")  # fmt: skip
-    if config.semi.method != "none":
+    if config.semi.online:
         raise CifarlabError("train.drop_easy is not used with semi-supervised training; set train.drop_easy=0")
 
 
@@ -412,6 +419,8 @@ def _validate_semi(config: Config) -> None:
     semi = config.semi
     if not 0 < semi.threshold <= 1:
         raise CifarlabError(f"semi.threshold={semi.threshold} is out of range; it must be in (0, 1]")
+    if semi.teacher is not None and semi.method != "selftrain":
+        raise CifarlabError(f"semi.teacher is used by semi.method=selftrain only, not {semi.method}")
     if semi.method == "none":
         return
     if config.data.labels_per_class is None:
@@ -419,6 +428,11 @@ def _validate_semi(config: Config) -> None:
             f"semi.method={semi.method} needs data.labels_per_class (--labels-per-class N): N labelled images per "
             f"class, the rest of the training set is the unlabelled pool"
         )
+    if semi.method == "selftrain":
+        if semi.teacher is None:
+            raise CifarlabError("semi.method=selftrain needs semi.teacher (--teacher RUN): a finished run that learnt "
+                                "from the same labels, whose confident predictions label the pool")  # fmt: skip
+        return
     if config.optim.jsd_weight:
         raise CifarlabError(f"choose one of semi.method={semi.method} and optim.jsd_weight={config.optim.jsd_weight}, "
                             f"not both")  # fmt: skip

@@ -47,7 +47,7 @@ from .engine.runtime import autocast, configure, hardware, seed_everything, sele
 from .engine.trainer import Loaders, Run, StopRun, Trainer
 from .errors import CifarlabError
 from .fileio import atomic_path, write_json, write_text
-from .labels import LabelIssues, SemiObjective, active_learning, read_results, summarize
+from .labels import LabelIssues, SemiObjective, active_learning, pseudo_count, pseudo_labelled, read_results, summarize
 from .labels.audit import check_folds, checkpoint_probabilities, issues, out_of_fold_probabilities, require_cleanlab, write_csv
 from .models import create_model
 from .robust import RobustnessConfig
@@ -420,6 +420,10 @@ def _train(config: Config, run_dir: Path, setup: _Setup, resume: bool, verbose: 
            test: bool = True) -> Run:  # fmt: skip
     if verbose:
         print(f"run: {run_dir}  (recipe {config.recipe}, model {config.model.name}, {setup.device})")
+        if config.semi.teacher:
+            pseudo = pseudo_count(setup.splits)
+            print(f"self-training: {len(setup.splits.train) - pseudo} labelled images and {pseudo} of the "
+                  f"{len(setup.splits.unlabelled)} pool images labelled by the teacher at ≥ {config.semi.threshold}")
     trainer = setup.trainer(config, run_dir, verbose, callbacks)
     if distributed.is_writer():
         if config.data.labels_per_class is not None and not (run_dir / "labelled.json").is_file():
@@ -469,10 +473,12 @@ class _Setup:
 def _setup(config: Config, device: torch.device, source: Source | None) -> _Setup:
     configure(config.train)
     splits = make_splits(config.data)
+    if config.semi.method == "selftrain":
+        splits = pseudo_labelled(splits, config, device)
     seed_everything(config.train.seed)
     model, param_options = _build_model(config, len(splits.classes), source)
     loaders = _loaders(config, splits, device)
-    semi = SemiObjective(config.semi) if config.semi.method != "none" else None
+    semi = SemiObjective(config.semi) if config.semi.online else None
     return _Setup(model, param_options, splits, loaders, device, semi)
 
 
@@ -497,7 +503,7 @@ def _loaders(config: Config, splits: Splits, device: torch.device) -> Loaders:
     views = 3 if config.optim.jsd_weight else 1  # the JSD loss: the clean images and two AugMix views
     train = DeviceLoader(splits.train, c.batch_size, augment=config.augment, shuffle=True, drop_last=True, seed=c.seed,
                          rank=distributed.rank(), world_size=world, views=views, **common)  # fmt: skip
-    if config.semi.method != "none":
+    if config.semi.online:
         unlabelled = c.batch_size * config.semi.unlabelled_ratio
         if unlabelled > len(splits.unlabelled):
             raise CifarlabError(
@@ -532,9 +538,11 @@ def _labelled_record(config: Config, splits: Splits) -> dict:
     sizes = {name: len(data) if data is not None else 0
              for name, data in (("train", splits.train), ("val", splits.val), ("calib", splits.calib))}  # fmt: skip
     digest = hashlib.blake2b(positions.numpy().tobytes(), digest_size=16).hexdigest()
+    teacher = config.semi.teacher
+    teacher = {"teacher": teacher, "pseudo_labelled": pseudo_count(splits)} if teacher else {}
     return {"dataset": config.data.dataset, "labels_per_class": config.data.labels_per_class,
             "split_seed": config.data.split_seed, "labelled": len(positions), **sizes,
-            "unlabelled": len(splits.unlabelled), "digest": digest, "indices": positions.tolist()}  # fmt: skip
+            "unlabelled": len(splits.unlabelled), **teacher, "digest": digest, "indices": positions.tolist()}  # fmt: skip
 
 
 def _write_report(run_dir: Path, device: str, verbose: bool) -> None:
@@ -766,7 +774,7 @@ def _out_of_fold(config: Config, positions: torch.Tensor, folds: int, folder: Pa
         raise CifarlabError(f"'{folder}' holds an earlier audit's fold runs; delete it, or pass --out")
     flags = {"data": {"labelled_indices": None, "train_subset": None, "labels_per_class": None, "val_size": 0,
                       "calib_size": 0},
-             "semi": {"method": "none"},  # a semi-supervised run's folds learn from their labels only
+             "semi": {"method": "none", "teacher": None},  # a semi-supervised run's folds learn from their labels only
              "train": _given({"report": False, "device": device, "epochs": epochs})}  # fmt: skip
     fold_config = resolve(flags=flags, sets=sets, base=config)
     try:

@@ -1,5 +1,6 @@
-"""Semi-supervised training (`--labels-per-class N --semi fixmatch|pseudo`): an honest few-label
-split, a loss that cannot see the hidden labels, the confidence mask, exact resume, bad inputs."""
+"""Semi-supervised training (`--labels-per-class N --semi fixmatch|pseudo|selftrain`): an honest
+few-label split, a loss that cannot see the hidden labels, the confidence mask, exact resume,
+a teacher's labels for the pool, bad inputs."""
 
 import json
 
@@ -14,7 +15,8 @@ from cifarlab.config import AugmentConfig, DataConfig, SemiConfig
 from cifarlab.data import DeviceLoader, ImageSet, SemiLoader, load_split, make_splits
 from cifarlab.data import splits as splits_module
 from cifarlab.engine.metrics_log import read_metrics
-from cifarlab.labels import SemiObjective, pseudo_labels
+from cifarlab.engine.checkpoint import load_checkpoint
+from cifarlab.labels import SemiObjective, pseudo_labelled, pseudo_labels
 from helpers import train_until
 
 TINY = ["model.options.widths=[16, 32, 32]", "train.log_every=1", "train.report=false", "train.tta=none"]
@@ -161,6 +163,67 @@ def test_fixmatch_stopped_mid_epoch_resumes_bit_identically(synthetic_root, tmp_
     assert (labelled["labelled"], labelled["train"], labelled["unlabelled"], len(labelled["indices"])) == (100, 100, 400, 100)
 
 
+# ------------------------------------------------------------------------------------ self-training
+TEACHER = ["data.labels_per_class=10", "train.batch_size=20", "train.epochs=2", "semi.method=none"]
+
+
+@pytest.fixture(scope="module")
+def teacher(synthetic_root, tmp_path_factory):
+    """A labels-only run on 10 images per class of the synthetic set (a pool of 400)."""
+    return cifarlab.train(semi_config(synthetic_root, tmp_path_factory.mktemp("teacher") / "run", *TEACHER),
+                          verbose=False)  # fmt: skip
+
+
+def test_selftraining_adds_the_pool_images_the_teacher_is_sure_of_with_its_predictions(synthetic_root, teacher,
+                                                                                      tmp_path):  # fmt: skip
+    checkpoint = load_checkpoint(teacher.dir, "cpu")
+    pool = make_splits(teacher.config.data).unlabelled
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (checkpoint.mean, checkpoint.std))
+    with torch.no_grad():  # the teacher's view of the pool, computed here from its weights
+        probabilities = checkpoint.model.eval()((pool.images.float() / 255 - mean) / std).softmax(1)
+    confidence, predicted = probabilities.max(1)
+    ranked = confidence.sort().values
+    gap = int((ranked.diff()[150:250]).argmax()) + 150  # a threshold in the middle, away from any confidence
+    threshold = float((ranked[gap] + ranked[gap + 1]) / 2)
+    sure = confidence >= threshold
+    assert 150 <= sure.sum() <= 250
+
+    student = semi_config(synthetic_root, tmp_path / "student", *TEACHER[:3], "semi.method=selftrain",
+                          f"semi.teacher={teacher.dir}", f"semi.threshold={threshold}")  # fmt: skip
+    splits = make_splits(student.data)
+    taught = pseudo_labelled(splits, student, torch.device("cpu"))
+    full = load_split("cifar10", "train", str(synthetic_root))
+    assert torch.equal(taught.train.images[:len(splits.train)], splits.train.images)
+    assert torch.equal(taught.train.labels[:len(splits.train)], splits.train.labels)  # the true labels kept
+    added = taught.train_positions[len(splits.train):]
+    assert torch.equal(added, splits.unlabelled_positions[sure])  # exactly the sure ones, none of the labelled
+    assert torch.equal(taught.train.images[len(splits.train):], full.images[added])
+    assert torch.equal(taught.train.labels[len(splits.train):], predicted[sure])  # labelled with the prediction
+    assert (predicted[sure] != full.labels[added]).any()  # the hidden labels play no part (the teacher errs)
+
+    run = cifarlab.train(student, verbose=False)  # an ordinary supervised run on them
+    record = json.loads((run.dir / "labelled.json").read_text())
+    assert (record["labelled"], record["train"], record["pseudo_labelled"]) == (100, 100 + int(sure.sum()), int(sure.sum()))
+    assert record["indices"] == json.loads((teacher.dir / "labelled.json").read_text())["indices"]
+    assert run.test["accuracy"] >= 0
+
+
+@pytest.mark.parametrize("sets, expected", [
+    (["data.labels_per_class=12"], "learnt from other labels than this run (data.labels_per_class: 10 there, 12 here)"),
+    (["data.split_seed=1"], "(data.split_seed: 0 there, 1 here): a teacher must have learnt from exactly"),
+    (["semi.threshold=1.0"], "predicts no pool image at semi.threshold=1.0"),
+])  # fmt: skip
+def test_a_teacher_with_other_labels_or_no_sure_prediction_is_refused(synthetic_root, teacher, tmp_path, capsys,
+                                                                      sets, expected):  # fmt: skip
+    args = ["--labels-per-class", "10", "--semi", "selftrain", "--teacher", str(teacher.dir), "--batch-size", "20"]
+    code = main(["train", "--data-dir", str(synthetic_root), "--out", str(tmp_path / "run"), "--no-report", *args,
+                 *(a for s in sets for a in ("--set", s))])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert expected in err, err
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------------------------ bad inputs
 @pytest.mark.parametrize("args, expected", [
     (["--labels-per-class", "51", "--semi", "fixmatch"], "data.labels_per_class=51, but class 'airplane' has only 50"),
@@ -178,6 +241,10 @@ def test_fixmatch_stopped_mid_epoch_resumes_bit_identically(synthetic_root, tmp_
      "choose one of semi.method=pseudo and train.adversarial=fgsm, not both"),
     (["--labels-per-class", "10", "--semi", "fixmatch", "--model", "airbench"],  # picks `fast`: label smoothing 0.2
      "optim.label_smoothing=0.2 keeps the model's confidence under semi.threshold=0.95"),
+    (["--labels-per-class", "10", "--semi", "selftrain"], "semi.method=selftrain needs semi.teacher (--teacher RUN)"),
+    (["--labels-per-class", "10", "--semi", "fixmatch", "--teacher", "runs/x"],
+     "semi.teacher is used by semi.method=selftrain only, not fixmatch"),
+    (["--labels-per-class", "10", "--semi", "selftrain", "--teacher", "nowhere"], "nowhere"),
     (["--labels-per-class", "10", "--semi", "fixmatch", "--set", "data.labelled_indices=labelled.json"],
      "choose one of data.labels_per_class and data.labelled_indices, not both"),
 ])  # fmt: skip

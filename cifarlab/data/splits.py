@@ -66,6 +66,7 @@ class Splits:
     train_positions: torch.Tensor | None = None  # of each training image in the training file
     labelled_positions: torch.Tensor | None = None  # sorted, of the images train, val and calib are carved from
     unlabelled: ImageSet | None = None  # with labels_per_class: the other training-file images, labels removed
+    unlabelled_positions: torch.Tensor | None = None  # of each pool image in the training file
 
     @property
     def classes(self) -> list[str]:
@@ -116,7 +117,7 @@ def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
     config's, else the dataset's published statistics, else (a folder) its training images'.
     """
     full, test, val, published = _given(cfg, download)
-    positions, unlabelled = torch.arange(len(full)), None
+    positions, unlabelled, rest = torch.arange(len(full)), None, None
     if cfg.labelled_indices is not None:
         positions = read_labelled_indices(cfg.labelled_indices, len(full))
     elif cfg.labels_per_class is not None:
@@ -145,7 +146,7 @@ def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
     mean, std = published or channel_stats(train.images)
     mean = tuple(cfg.mean) if cfg.mean is not None else mean
     std = tuple(cfg.std) if cfg.std is not None else std
-    return Splits(train, val, test, mean, std, calib, positions, labelled_positions, unlabelled)
+    return Splits(train, val, test, mean, std, calib, positions, labelled_positions, unlabelled, rest)
 
 
 def _few_labels(full: ImageSet, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,16 +1,27 @@
-"""FixMatch (Sohn et al. 2020) and confidence-thresholded self-training (pseudo-labelling,
-Lee 2013) as one objective that the trainer calls in place of its plain loss.
+"""FixMatch (Sohn et al. 2020) and confidence-thresholded pseudo-labelling (Lee 2013) as one
+objective that the trainer calls in place of its plain loss; and self-training with a teacher
+run, which labels the pool once before an ordinary supervised run (the student) starts.
 
 The unlabelled images arrive as image tensors only (data/unlabelled.py yields no labels for
-them), so the only targets they can have are the model's own confident predictions.
+them), so the only targets they can have are a model's own confident predictions.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
-from ..config import SemiConfig
+from ..config import Config, SemiConfig
+from ..data import ImageSet, Splits
+from ..engine.checkpoint import load_checkpoint
+from ..engine.inference import checkpoint_loader, class_probabilities
+from ..engine.runtime import autocast
+from ..errors import CifarlabError
+
+# what fixes a run's labelled images: a teacher must have learnt from exactly the student's
+LABEL_KEYS = ("dataset", "labels_per_class", "labelled_indices", "split_seed")
 
 
 def pseudo_labels(logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,3 +65,40 @@ class SemiObjective:
         loss = criterion(labelled.float(), y) + self.weight * unlabelled_loss
         n = torch.tensor(len(mask), dtype=torch.float64, device=mask.device)
         return labelled, loss, torch.stack([unlabelled_loss.detach().double() * n, mask.sum().double(), n])
+
+
+def pseudo_labelled(splits: Splits, config: Config, device: torch.device) -> Splits:
+    """Self-training's training set (Scudder 1965; Xie et al. 2020's noisy student): the
+    labelled images, plus each pool image that the teacher run predicts, with its own TTA, at
+    a top probability ≥ semi.threshold, labelled with that prediction. The teacher must have
+    learnt from exactly this run's labels (no others can leak in); the student then trains as
+    any supervised run, with its own augmentation as the noise, and can teach the next round.
+    Every process of a torchrun job labels the whole pool alike: the same set on each rank."""
+    semi = config.semi
+    checkpoint = load_checkpoint(semi.teacher, device)
+    taught = checkpoint.config()
+    differ = [key for key in LABEL_KEYS if getattr(taught.data, key) != getattr(config.data, key)]
+    if differ or checkpoint.classes != splits.classes:
+        what = [f"data.{key}: {getattr(taught.data, key)} there, {getattr(config.data, key)} here" for key in differ]
+        raise CifarlabError(f"semi.teacher '{semi.teacher}' learnt from other labels than this run "
+                            f"({'; '.join(what) or 'other classes'}): a teacher must have learnt from exactly the "
+                            f"student's labels")  # fmt: skip
+    pool = splits.unlabelled
+    hidden = ImageSet(pool.images, torch.zeros(len(pool.images), dtype=torch.long), pool.classes)  # the loader wants labels
+    loader = checkpoint_loader(checkpoint, taught, hidden, device)
+    probabilities = class_probabilities(checkpoint, loader, raw=True, tta=taught.train.tta,
+                                        autocast=autocast(device, taught.train.precision))  # fmt: skip
+    confidence, labels = probabilities.max(1)
+    keep = confidence >= semi.threshold
+    if not keep.any():
+        raise CifarlabError(f"semi.teacher '{semi.teacher}' predicts no pool image at semi.threshold={semi.threshold} "
+                            f"(its highest: {confidence.max():.3f}); lower the threshold")  # fmt: skip
+    train = splits.train
+    train = ImageSet(torch.cat([train.images, pool.images[keep]]), torch.cat([train.labels, labels[keep]]), train.classes)
+    positions = torch.cat([splits.train_positions, splits.unlabelled_positions[keep]])
+    return dataclasses.replace(splits, train=train, train_positions=positions)
+
+
+def pseudo_count(splits: Splits) -> int:
+    """How many training images carry a teacher's label: those outside the labelled ones."""
+    return int((~torch.isin(splits.train_positions, splits.labelled_positions)).sum())
