@@ -16,7 +16,8 @@ labels-per-class and method in the file.
 
 --method selftrain: the semi arm is a labels-only teacher given --teacher-minutes (fitted as
 above), then --rounds students of --student-recipe (no validation or calibration hold-out: every
-label trains), each taught by the run before it; the arm's
+label trains), each taught by the run before it (--thresholds: how sure each round's teacher must be,
+e.g. 0.95 0.6 when the students' label smoothing caps their confidence below 0.95); the arm's
 time is the teacher's train and eval seconds plus each student's whole wall time (its labelling
 of the pool included), all against the one budget.
 """
@@ -96,6 +97,8 @@ def selftrain_arm(args, seed: int, folder: Path) -> dict:
                 "semi.method=selftrain", f"semi.teacher={taught_by}", f"train.seed={seed}",
                 f"train.out={folder / f'selftrain-seed{seed}-round{round_}'}", "train.report=false", *args.set,
                 *args.student_set]  # fmt: skip
+        if args.thresholds:
+            sets.append(f"semi.threshold={args.thresholds[round_ - 1]}")
         if args.data_dir:
             sets.append(f"data.data_dir={args.data_dir}")
         start = time.perf_counter()
@@ -143,6 +146,8 @@ def main() -> None:
     parser.add_argument("--student-recipe", default="fast", help="selftrain: the students' recipe (default: fast)")
     parser.add_argument("--student-set", action="append", default=[], metavar="KEY=VALUE",
                         help="selftrain: a setting of the students only")
+    parser.add_argument("--thresholds", type=float, nargs="+", metavar="TAU",
+                        help="selftrain: semi.threshold of each round, one per round (default: the recipe's)")
     parser.add_argument("--budget-minutes", type=float, default=60.0, help="wall time per arm, all included")
     parser.add_argument("--reserve-minutes", type=float, default=3.0,
                         help="of the budget, kept for start-up and the final TTA evaluation (default: 3)")
@@ -153,6 +158,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="append each seed as a JSON line here, and summarize the file")
     parser.add_argument("--runs", type=Path, help="keep the run folders here (default: a temporary folder, deleted)")
     args = parser.parse_args()
+    if args.thresholds and len(args.thresholds) != args.rounds:
+        parser.error(f"--thresholds needs one value per round ({args.rounds}), got {len(args.thresholds)}")
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.runs or Path(scratch)
         results = []

@@ -180,3 +180,20 @@ def test_airbench_whitening_decorrelates_patches():
     covariance = out @ out.T / out.shape[1]
     assert torch.allclose(covariance, torch.eye(12), atol=0.05)
     assert torch.equal(model.whiten.weight[12:], -half)
+
+
+def test_airbench_contrast_norm_undoes_cifar10c_contrast_and_keeps_colour(real_root):
+    from cifarlab.data import load_split
+    from cifarlab.robust.suite import corrupt
+
+    images = load_split("cifar10", "test", str(real_root), download=False).images[:32]
+    low = torch.from_numpy(corrupt(images.permute(0, 2, 3, 1).numpy(), "contrast", 3, seed=0)).permute(0, 3, 1, 2)
+    clean, low = images.float() / 255, low.float() / 255
+    plain, normed = create_model("airbench"), create_model("airbench", contrast_norm=True)
+    difference = (normed.normalize(low) - normed.normalize(clean)).abs().mean()
+    assert difference < 0.02  # the uint8 truncation of the corrupted images is all that is left (≈ 0.013)
+    assert (plain.normalize(low) - plain.normalize(clean)).abs().mean() > 5 * difference  # without it: unchanged
+    out = normed.normalize(clean)
+    assert torch.allclose(out.mean((2, 3)), clean.mean((2, 3)), atol=1e-6)  # per-channel means (colour) kept
+    deviations = out - out.mean((2, 3), keepdim=True)
+    assert torch.allclose(deviations.square().mean((1, 2, 3)), torch.ones(32), atol=0.02)

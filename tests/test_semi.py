@@ -88,10 +88,10 @@ def test_every_rank_takes_its_slice_of_both_global_batches():
 # ------------------------------------------------------------------------------------ the loss
 def test_threshold_masks_exactly_the_confident_images():
     logits = torch.tensor([[0.0, 0.0, -1e4], [0.0, 1e-3, -1e4], [0.0, 0.0, 0.0], [100.0, 0.0, 0.0], [0.0, -1e-3, 0.0]])
-    labels, mask = pseudo_labels(logits, threshold=0.5)
+    labels, mask = pseudo_labels(logits.softmax(1), threshold=0.5)
     assert mask.tolist() == [True, True, False, True, False]  # p = 0.5 exactly passes; 1/3 and ~0.4998 do not
     assert labels[mask].tolist() == [0, 1, 0]
-    assert pseudo_labels(logits, threshold=1.0)[1].tolist() == [False, False, False, True, False]
+    assert pseudo_labels(logits.softmax(1), threshold=1.0)[1].tolist() == [False, False, False, True, False]
 
 
 @pytest.mark.parametrize("method", ["fixmatch", "pseudo"])

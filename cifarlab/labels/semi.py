@@ -24,10 +24,10 @@ from ..errors import CifarlabError
 LABEL_KEYS = ("dataset", "labels_per_class", "labelled_indices", "split_seed")
 
 
-def pseudo_labels(logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard pseudo-labels (the top class, no gradient) and the mask of the images whose top
-    probability reaches `threshold`: only those teach."""
-    confidence, labels = logits.detach().float().softmax(1).max(1)
+def pseudo_labels(probabilities: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard pseudo-labels (the top class) and the mask of the images whose top probability
+    reaches `threshold`: only those teach, online (FixMatch, pseudo) and from a teacher alike."""
+    confidence, labels = probabilities.max(1)
     return labels, confidence >= threshold
 
 
@@ -59,7 +59,7 @@ class SemiObjective:
             (weak,) = views
             logits = forward(torch.cat([x, weak]))
             guess = logits[len(x) :]
-        targets, mask = pseudo_labels(guess, self.threshold)
+        targets, mask = pseudo_labels(guess.detach().float().softmax(1), self.threshold)
         unlabelled_loss = (F.cross_entropy(logits[len(x) :].float(), targets, reduction="none") * mask).mean()
         labelled = logits[: len(x)]
         loss = criterion(labelled.float(), y) + self.weight * unlabelled_loss
@@ -88,11 +88,10 @@ def pseudo_labelled(splits: Splits, config: Config, device: torch.device) -> Spl
     loader = checkpoint_loader(checkpoint, taught, hidden, device)
     probabilities = class_probabilities(checkpoint, loader, raw=True, tta=taught.train.tta,
                                         autocast=autocast(device, taught.train.precision))  # fmt: skip
-    confidence, labels = probabilities.max(1)
-    keep = confidence >= semi.threshold
+    labels, keep = pseudo_labels(probabilities, semi.threshold)
     if not keep.any():
         raise CifarlabError(f"semi.teacher '{semi.teacher}' predicts no pool image at semi.threshold={semi.threshold} "
-                            f"(its highest: {confidence.max():.3f}); lower the threshold")  # fmt: skip
+                            f"(its highest: {probabilities.max():.3f}); lower the threshold")  # fmt: skip
     train = splits.train
     train = ImageSet(torch.cat([train.images, pool.images[keep]]), torch.cat([train.labels, labels[keep]]), train.classes)
     positions = torch.cat([splits.train_positions, splits.unlabelled_positions[keep]])

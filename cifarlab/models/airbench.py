@@ -14,6 +14,12 @@ head. Each choice is there for speed of learning:
 - logits scaled down (`head_scale`), which keeps the initial softmax near uniform; with
   `head_init_std` the head's weights are drawn at that scale instead (airbench94_muon's
   form: std 1, scale 1/256 — the same initial logits, but a different lr geometry).
+
+`contrast_norm` (off by default) adds global contrast normalization in front (Goodfellow et
+al. 2013 used it on CIFAR-10 before ZCA whitening): each image's deviations from its own
+per-channel means are scaled to unit standard deviation, the means kept. A contrast change
+about those means (CIFAR-10-C's contrast corruption is exactly that) then leaves the input
+unchanged; brightness and colour stay visible.
 """
 
 from __future__ import annotations
@@ -62,8 +68,10 @@ class AirbenchNet(nn.Module):
         head_scale: float = 1 / 9,
         head_init_std: float | None = None,
         whitening: bool = True,
+        contrast_norm: bool = False,
     ):
         super().__init__()
+        self.contrast_norm = contrast_norm
         whiten_width = 2 * 3 * whiten_kernel**2
         self.whiten = nn.Conv2d(3, whiten_width, whiten_kernel, bias=True)
         self.whiten.weight.requires_grad = not whitening  # without whitening: an ordinary trainable conv
@@ -80,8 +88,16 @@ class AirbenchNet(nn.Module):
                 self.head.weight.mul_(head_init_std / self.head.weight.std())
         self.head_scale = head_scale
 
+    def normalize(self, x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+        """The input as the whitening conv sees it: with contrast_norm, contrast-normalized."""
+        if not self.contrast_norm:
+            return x
+        means = x.mean((2, 3), keepdim=True)
+        deviations = x - means
+        return deviations / (deviations.square().mean((1, 2, 3), keepdim=True) + eps).sqrt() + means
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.groups(F.gelu(self.whiten(x)))
+        x = self.groups(F.gelu(self.whiten(self.normalize(x))))
         x = F.adaptive_max_pool2d(x, 1).flatten(1)  # the 3×3 map left after three pools
         return self.head(x) * self.head_scale
 
@@ -93,7 +109,7 @@ class AirbenchNet(nn.Module):
         if not self.whitening:
             return
         c, (h, w) = images.shape[1], self.whiten.weight.shape[2:]
-        patches = images.float().unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c * h * w)
+        patches = self.normalize(images.float()).unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c * h * w)
         covariance = patches.T @ patches / len(patches)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).reshape(-1, c, h, w)
