@@ -27,7 +27,7 @@ from helpers import write_source_checkpoint
 from test_bad_inputs import assert_refused, checkpoint
 
 UNSUPPORTED = {"vit_lite_7_4"}  # its hidden width passes through a permute and attention: left whole, nothing else to prune
-TINY = {"airbench": {"widths": [16, 32, 32]}, "mobilenet_v2": {"width": 0.25}}
+TINY = {"airbench": {"widths": [16, 32, 32], "contrast_norm": True}, "mobilenet_v2": {"width": 0.25}}  # airbench as in fast-robust
 QUICK = ("lenet", "resnet20", "airbench")  # a plain CNN, option-A shortcuts, a frozen whitening conv
 SYNTHETIC_RUN = ["--recipe", "tutorial", "--epochs", "1", "--set", "train.batch_size=50", "--set", "data.val_size=100",
                  "--no-report"]  # fmt: skip
