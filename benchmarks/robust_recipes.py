@@ -13,6 +13,7 @@ call that trains it to its return (start-up, training and the final test evaluat
 Goals (issue 15): fast-robust's mean corrupted accuracy >= 85% at <= 1 point below fast's
 clean accuracy in <= 1.5x fast's wall time; fast-adv's PGD-10 >= 40% at >= 80% clean in <= 90
 minutes. A timing means something only when nothing else ran beside it.
+--recipes robust|adv measures one side alone (robust: fast and fast-robust; adv: fast-adv).
 --results FILE appends each seed as a JSON line and summarizes every line of the file.
 """
 
@@ -47,40 +48,56 @@ def measure(run_dir: Path, corruptions: list[str], attacks: list[str], args) -> 
     return result
 
 
-def run_seed(seed: int, folder: Path, args) -> dict:
+def run_robust(seed: int, folder: Path, args) -> dict:
     fast, _ = train("fast", seed, folder, args)
     robust, robust_dir = train("fast-robust", seed, folder, args)
     suite = measure(robust_dir, [*STANDARD, *EXTRA], [], args)
     robust.update(mean_corrupted_accuracy=suite["summary"]["mean_corrupted_accuracy"],
                   extra_mean_accuracy=suite["summary"]["extra_mean_accuracy"], suite_seconds=round(suite["seconds"], 1),
+                  suite_images=suite["num_images"],
                   clean_drop_points=round(100 * (fast["accuracy"] - robust["accuracy"]), 2),
                   wall_ratio=round(robust["wall_seconds"] / fast["wall_seconds"], 3),
                   train_ratio=round(robust["train_seconds"] / fast["train_seconds"], 3))  # fmt: skip
-    adv, adv_dir = train("fast-adv", seed, folder, args)
-    attacks = measure(adv_dir, [], ["fgsm", "pgd", "pgd-l2"], args)
-    adv.update({f"{name}_accuracy": attacks["attacks"][name]["accuracy"] for name in ("fgsm", "pgd", "pgd-l2")},
-               attack_seconds=round(attacks["seconds"], 1))  # fmt: skip
-    return {
-        "seed": seed, "test_images_measured": suite["num_images"], "sets": args.set, "fast": fast,
-        "fast_robust": robust, "fast_adv": adv, "goals": goals(fast, robust, adv), "hardware": hardware(),
-    }  # fmt: skip
-
-
-def goals(fast: dict, robust: dict, adv: dict) -> dict:
-    return {
+    goals = {
         "fast_robust_corrupted_85": robust["mean_corrupted_accuracy"] >= 0.85,
         "fast_robust_clean_within_1_point": robust["clean_drop_points"] <= 1.0,
         "fast_robust_wall_within_1.5x": robust["wall_ratio"] <= 1.5,
+    }
+    return {"fast": fast, "fast_robust": robust, "goals": goals}
+
+
+def run_adv(seed: int, folder: Path, args) -> dict:
+    adv, adv_dir = train("fast-adv", seed, folder, args)
+    attacks = measure(adv_dir, [], ["fgsm", "pgd", "pgd-l2"], args)
+    adv.update({f"{name}_accuracy": attacks["attacks"][name]["accuracy"] for name in ("fgsm", "pgd", "pgd-l2")},
+               attack_seconds=round(attacks["seconds"], 1), attack_images=attacks["num_images"])  # fmt: skip
+    goals = {
         "fast_adv_pgd_40": adv["pgd_accuracy"] >= 0.40,
         "fast_adv_clean_80": adv["accuracy"] >= 0.80,
         "fast_adv_within_90_min": adv["wall_seconds"] <= 90 * 60,
     }
+    return {"fast_adv": adv, "goals": goals}
+
+
+SIDES = {"robust": run_robust, "adv": run_adv}
+
+
+def run_seed(seed: int, folder: Path, args) -> dict:
+    result = {"seed": seed, "sets": args.set, "goals": {}}
+    for side in args.recipes:
+        measured = SIDES[side](seed, folder, args)
+        result["goals"].update(measured.pop("goals"))
+        result.update(measured)
+    result["hardware"] = hardware()
+    return result
 
 
 def summarize(results: list[dict]) -> dict:
-    def spread(recipe: str, key: str) -> dict:
-        values = [r[recipe][key] for r in results]
-        return {"mean": round(statistics.mean(values), 5),
+    def spread(recipe: str, key: str) -> dict | None:
+        values = [r[recipe][key] for r in results if recipe in r]
+        if not values:
+            return None
+        return {"mean": round(statistics.mean(values), 5), "seeds": len(values),
                 "std": round(statistics.stdev(values), 5) if len(values) > 1 else None}  # fmt: skip
 
     return {
@@ -100,6 +117,8 @@ def summarize(results: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--recipes", nargs="+", choices=list(SIDES), default=list(SIDES),
+                        help="robust: fast and fast-robust with the corruption suite; adv: fast-adv with the attacks")
     parser.add_argument("--limit", type=int, help="the first N test images of the suite and the attacks (default: all)")
     parser.add_argument("--data-dir")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of all 3 recipes")
