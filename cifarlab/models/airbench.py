@@ -88,7 +88,7 @@ class AirbenchNet(nn.Module):
                 self.head.weight.mul_(head_init_std / self.head.weight.std())
         self.head_scale = head_scale
 
-    def normalize(self, x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    def contrast_normalized(self, x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
         """The input as the whitening conv sees it: with contrast_norm, contrast-normalized."""
         if not self.contrast_norm:
             return x
@@ -97,7 +97,7 @@ class AirbenchNet(nn.Module):
         return deviations / (deviations.square().mean((1, 2, 3), keepdim=True) + eps).sqrt() + means
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.groups(F.gelu(self.whiten(self.normalize(x))))
+        x = self.groups(F.gelu(self.whiten(self.contrast_normalized(x))))
         x = F.adaptive_max_pool2d(x, 1).flatten(1)  # the 3×3 map left after three pools
         return self.head(x) * self.head_scale
 
@@ -109,7 +109,8 @@ class AirbenchNet(nn.Module):
         if not self.whitening:
             return
         c, (h, w) = images.shape[1], self.whiten.weight.shape[2:]
-        patches = self.normalize(images.float()).unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c * h * w)
+        inputs = self.contrast_normalized(images.float())
+        patches = inputs.unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c * h * w)
         covariance = patches.T @ patches / len(patches)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).reshape(-1, c, h, w)
