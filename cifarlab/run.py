@@ -46,8 +46,8 @@ from .engine.onnx_model import OnnxModel
 from .engine.runtime import autocast, configure, hardware, seed_everything, select_device
 from .engine.trainer import Loaders, Run, StopRun, Trainer
 from .errors import CifarlabError
-from .fileio import atomic_path, write_json, write_text
-from .labels import LabelIssues, SemiObjective, active_learning, pseudo_count, pseudo_labelled, read_results, summarize
+from .fileio import atomic_path, read_json, write_json, write_text
+from .labels import LabelIssues, SemiObjective, active_learning, pseudo_labelled, read_results, summarize, teacher_labelled
 from .labels.audit import check_folds, checkpoint_probabilities, issues, out_of_fold_probabilities, require_cleanlab, write_csv
 from .models import create_model
 from .robust import RobustnessConfig
@@ -92,7 +92,8 @@ def train(config: Config | str, resume: bool = False, verbose: bool = True, call
             finished = _finished(run_dir, config, resume, verbose)
             if finished is not None:
                 return finished
-            return _train(config, run_dir, setup or _setup(config, device, source), resume, verbose, callbacks, test)
+            setup = setup or _setup(config, device, source, resumed=run_dir)
+            return _train(config, run_dir, setup, resume, verbose, callbacks, test)
 
 
 def finetune(source: str, target: str, strategy: str | None = None, *, arch: str | None = None,
@@ -421,7 +422,7 @@ def _train(config: Config, run_dir: Path, setup: _Setup, resume: bool, verbose: 
     if verbose:
         print(f"run: {run_dir}  (recipe {config.recipe}, model {config.model.name}, {setup.device})")
         if config.semi.teacher:
-            pseudo = pseudo_count(setup.splits)
+            pseudo = int(teacher_labelled(setup.splits).sum())
             print(f"self-training: {len(setup.splits.train) - pseudo} labelled images and {pseudo} of the "
                   f"{len(setup.splits.unlabelled)} pool images labelled by the teacher at ≥ {config.semi.threshold}")
     trainer = setup.trainer(config, run_dir, verbose, callbacks)
@@ -470,11 +471,15 @@ class _Setup:
                        _data_fingerprint(self.splits), verbose, callbacks, self.semi)  # fmt: skip
 
 
-def _setup(config: Config, device: torch.device, source: Source | None) -> _Setup:
+def _setup(config: Config, device: torch.device, source: Source | None, resumed: Path | None = None) -> _Setup:
+    """`resumed`: the folder of the run being resumed (its labelled.json holds a self-training
+    run's pseudo-labels)."""
     configure(config.train)
     splits = make_splits(config.data)
     if config.semi.method == "selftrain":
-        splits = pseudo_labelled(splits, config, device)
+        record = resumed / "labelled.json" if resumed is not None else None
+        saved = read_json(record, "labelled.json") if record is not None and record.is_file() else None
+        splits = pseudo_labelled(splits, config, device, saved)
     seed_everything(config.train.seed)
     model, param_options = _build_model(config, len(splits.classes), source)
     loaders = _loaders(config, splits, device)
@@ -538,8 +543,12 @@ def _labelled_record(config: Config, splits: Splits) -> dict:
     sizes = {name: len(data) if data is not None else 0
              for name, data in (("train", splits.train), ("val", splits.val), ("calib", splits.calib))}  # fmt: skip
     digest = hashlib.blake2b(positions.numpy().tobytes(), digest_size=16).hexdigest()
-    teacher = config.semi.teacher
-    teacher = {"teacher": teacher, "pseudo_labelled": pseudo_count(splits)} if teacher else {}
+    teacher = {}
+    if config.semi.teacher:
+        added = teacher_labelled(splits)
+        teacher = {"teacher": config.semi.teacher, "pseudo_labelled": int(added.sum()),
+                   "pseudo_positions": splits.train_positions[added].tolist(),
+                   "pseudo_labels": splits.train.labels[added].tolist()}  # fmt: skip
     return {"dataset": config.data.dataset, "labels_per_class": config.data.labels_per_class,
             "split_seed": config.data.split_seed, "labelled": len(positions), **sizes,
             "unlabelled": len(splits.unlabelled), **teacher, "digest": digest, "indices": positions.tolist()}  # fmt: skip

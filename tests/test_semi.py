@@ -3,6 +3,7 @@ few-label split, a loss that cannot see the hidden labels, the confidence mask, 
 a teacher's labels for the pool, bad inputs."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -44,6 +45,7 @@ def test_labelled_images_are_stratified_seeded_and_apart_from_val_and_the_pool(s
     assert not (train & val or train & calib or val & calib or pool & (train | val | calib))
     assert train | val | calib == set(splits.labelled_positions.tolist()) and len(train | val | calib | pool) == 500
     assert torch.equal(splits.train.images, full[splits.train_positions])  # one set of positions: the training file's
+    assert torch.equal(splits.unlabelled.images, full[splits.unlabelled_positions])  # the pool's too, val and calib carved
     again = make_splits(cfg)
     assert torch.equal(again.labelled_positions, splits.labelled_positions) and torch.equal(again.val.images, splits.val.images)
     other = make_splits(DataConfig(data_dir=str(synthetic_root), labels_per_class=20, split_seed=1))
@@ -188,8 +190,8 @@ def test_selftraining_adds_the_pool_images_the_teacher_is_sure_of_with_its_predi
     sure = confidence >= threshold
     assert 150 <= sure.sum() <= 250
 
-    student = semi_config(synthetic_root, tmp_path / "student", *TEACHER[:3], "semi.method=selftrain",
-                          f"semi.teacher={teacher.dir}", f"semi.threshold={threshold}")  # fmt: skip
+    sets = [*TEACHER[:3], "semi.method=selftrain", f"semi.threshold={threshold}", "train.checkpoint_every=3"]
+    student = semi_config(synthetic_root, tmp_path / "student", *sets, f"semi.teacher={teacher.dir}")
     splits = make_splits(student.data)
     taught = pseudo_labelled(splits, student, torch.device("cpu"))
     full = load_split("cifar10", "train", str(synthetic_root))
@@ -205,7 +207,17 @@ def test_selftraining_adds_the_pool_images_the_teacher_is_sure_of_with_its_predi
     record = json.loads((run.dir / "labelled.json").read_text())
     assert (record["labelled"], record["train"], record["pseudo_labelled"]) == (100, 100 + int(sure.sum()), int(sure.sum()))
     assert record["indices"] == json.loads((teacher.dir / "labelled.json").read_text())["indices"]
-    assert run.test["accuracy"] >= 0
+    assert record["pseudo_positions"] == added.tolist() and record["pseudo_labels"] == predicted[sure].tolist()
+
+    # stopped, its teacher gone: the resumed student trains on the recorded labels, as if never stopped
+    moved = shutil.copytree(teacher.dir, tmp_path / "moved-teacher")
+    interrupted = semi_config(synthetic_root, tmp_path / "interrupted", *sets, f"semi.teacher={moved}")
+    train_until(interrupted, step=7)
+    shutil.rmtree(moved)
+    resumed = cifarlab.train(interrupted, resume=True, verbose=False)
+    weights = [load_file(r.dir / "checkpoints" / "last" / "model.safetensors") for r in (run, resumed)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert resumed.test["accuracy"] == run.test["accuracy"]
 
 
 @pytest.mark.parametrize("sets, expected", [
@@ -245,6 +257,8 @@ def test_a_teacher_with_other_labels_or_no_sure_prediction_is_refused(synthetic_
     (["--labels-per-class", "10", "--semi", "fixmatch", "--teacher", "runs/x"],
      "semi.teacher is used by semi.method=selftrain only, not fixmatch"),
     (["--labels-per-class", "10", "--semi", "selftrain", "--teacher", "nowhere"], "nowhere"),
+    (["--labels-per-class", "50", "--semi", "selftrain", "--teacher", "nowhere"],
+     "data.labels_per_class=50 leaves no unlabelled images for the teacher to label"),
     (["--labels-per-class", "10", "--semi", "fixmatch", "--set", "data.labelled_indices=labelled.json"],
      "choose one of data.labels_per_class and data.labelled_indices, not both"),
 ])  # fmt: skip

@@ -117,12 +117,12 @@ def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
     config's, else the dataset's published statistics, else (a folder) its training images'.
     """
     full, test, val, published = _given(cfg, download)
-    positions, unlabelled, rest = torch.arange(len(full)), None, None
+    positions, unlabelled, pool = torch.arange(len(full)), None, None
     if cfg.labelled_indices is not None:
         positions = read_labelled_indices(cfg.labelled_indices, len(full))
     elif cfg.labels_per_class is not None:
-        rest, positions = _few_labels(full, cfg.labels_per_class, cfg.split_seed + 1)
-        unlabelled = ImageSet(full.images[rest], None, full.classes)
+        pool, positions = _few_labels(full, cfg.labels_per_class, cfg.split_seed + 1)
+        unlabelled = ImageSet(full.images[pool], None, full.classes)
     if len(positions) < len(full):
         full = full.subset(positions)
     labelled_positions, train = positions, full
@@ -146,7 +146,7 @@ def make_splits(cfg: DataConfig, download: bool = True) -> Splits:
     mean, std = published or channel_stats(train.images)
     mean = tuple(cfg.mean) if cfg.mean is not None else mean
     std = tuple(cfg.std) if cfg.std is not None else std
-    return Splits(train, val, test, mean, std, calib, positions, labelled_positions, unlabelled, rest)
+    return Splits(train, val, test, mean, std, calib, positions, labelled_positions, unlabelled, pool)
 
 
 def _few_labels(full: ImageSet, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,8 +5,8 @@ run.py hands down."""
 
 from .active import active_learning, read_results, summarize
 from .audit import LabelIssues
-from .semi import SemiObjective, pseudo_count, pseudo_labelled, pseudo_labels
+from .semi import SemiObjective, pseudo_labelled, pseudo_labels, teacher_labelled
 from .strategies import STRATEGIES
 
-__all__ = ["LabelIssues", "STRATEGIES", "SemiObjective", "active_learning", "pseudo_count", "pseudo_labelled",
-           "pseudo_labels", "read_results", "summarize"]  # fmt: skip
+__all__ = ["LabelIssues", "STRATEGIES", "SemiObjective", "active_learning", "pseudo_labelled",
+           "pseudo_labels", "read_results", "summarize", "teacher_labelled"]  # fmt: skip

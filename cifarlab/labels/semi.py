@@ -21,7 +21,7 @@ from ..engine.runtime import autocast
 from ..errors import CifarlabError
 
 # what fixes a run's labelled images: a teacher must have learnt from exactly the student's
-LABEL_KEYS = ("dataset", "labels_per_class", "labelled_indices", "split_seed")
+LABEL_KEYS = ("dataset", "labels_per_class", "split_seed")
 
 
 def pseudo_labels(probabilities: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,13 +67,31 @@ class SemiObjective:
         return labelled, loss, torch.stack([unlabelled_loss.detach().double() * n, mask.sum().double(), n])
 
 
-def pseudo_labelled(splits: Splits, config: Config, device: torch.device) -> Splits:
+def pseudo_labelled(splits: Splits, config: Config, device: torch.device, saved: dict | None = None) -> Splits:
     """Self-training's training set (Scudder 1965; Xie et al. 2020's noisy student): the
     labelled images, plus each pool image that the teacher run predicts, with its own TTA, at
     a top probability ≥ semi.threshold, labelled with that prediction. The teacher must have
     learnt from exactly this run's labels (no others can leak in); the student then trains as
     any supervised run, with its own augmentation as the noise, and can teach the next round.
-    Every process of a torchrun job labels the whole pool alike: the same set on each rank."""
+    Every process of a torchrun job labels the whole pool alike: the same set on each rank.
+    `saved`: the run's own labelled.json when it resumes; the teacher's labels recorded there
+    are used, so a resumed student needs no teacher and trains on exactly the same set."""
+    pool = splits.unlabelled
+    if not len(pool):
+        raise CifarlabError(f"semi.method=selftrain: data.labels_per_class={config.data.labels_per_class} leaves no "
+                            f"unlabelled images for the teacher to label")  # fmt: skip
+    if saved is not None and "pseudo_positions" in saved:
+        chosen, labels = _recorded(saved, splits)
+    else:
+        chosen, labels = _teacher_labels(splits, config, device)
+    train = splits.train
+    train = ImageSet(torch.cat([train.images, pool.images[chosen]]), torch.cat([train.labels, labels]), train.classes)
+    positions = torch.cat([splits.train_positions, splits.unlabelled_positions[chosen]])
+    return dataclasses.replace(splits, train=train, train_positions=positions)
+
+
+def _teacher_labels(splits: Splits, config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(which pool images, their labels): the teacher's confident predictions, in pool order."""
     semi = config.semi
     checkpoint = load_checkpoint(semi.teacher, device)
     taught = checkpoint.config()
@@ -92,12 +110,22 @@ def pseudo_labelled(splits: Splits, config: Config, device: torch.device) -> Spl
     if not keep.any():
         raise CifarlabError(f"semi.teacher '{semi.teacher}' predicts no pool image at semi.threshold={semi.threshold} "
                             f"(its highest: {probabilities.max():.3f}); lower the threshold")  # fmt: skip
-    train = splits.train
-    train = ImageSet(torch.cat([train.images, pool.images[keep]]), torch.cat([train.labels, labels[keep]]), train.classes)
-    positions = torch.cat([splits.train_positions, splits.unlabelled_positions[keep]])
-    return dataclasses.replace(splits, train=train, train_positions=positions)
+    return keep.nonzero().squeeze(1), labels[keep]
 
 
-def pseudo_count(splits: Splits) -> int:
-    """How many training images carry a teacher's label: those outside the labelled ones."""
-    return int((~torch.isin(splits.train_positions, splits.labelled_positions)).sum())
+def _recorded(saved: dict, splits: Splits) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's labels as the run recorded them (training-file positions), as pool indices."""
+    positions, labels = saved["pseudo_positions"], saved["pseudo_labels"]
+    where = {int(p): i for i, p in enumerate(splits.unlabelled_positions.tolist())}
+    valid = (isinstance(positions, list) and isinstance(labels, list) and len(positions) == len(labels)
+             and all(isinstance(p, int) and p in where for p in positions)
+             and all(isinstance(c, int) and 0 <= c < len(splits.classes) for c in labels))  # fmt: skip
+    if not valid:
+        raise CifarlabError("labelled.json: its pseudo_positions and pseudo_labels are not a labelling of this run's "
+                            "unlabelled pool; the run folder was changed")  # fmt: skip
+    return torch.tensor([where[p] for p in positions], dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+
+
+def teacher_labelled(splits: Splits) -> torch.Tensor:
+    """Which training images carry a teacher's label: those outside the labelled ones."""
+    return ~torch.isin(splits.train_positions, splits.labelled_positions)
