@@ -113,13 +113,21 @@ def selftrain_arm(args, seed: int, folder: Path) -> dict:
             "within_budget": total <= 60 * args.budget_minutes}  # fmt: skip
 
 
+def setup(args) -> dict:
+    """What a result line was measured with: the summary averages only lines that agree on it."""
+    measured = {"labels_per_class": args.labels_per_class, "method": args.method, "sets": args.set,
+                "baseline_sets": args.baseline_set, "budget_seconds": 60 * args.budget_minutes}  # fmt: skip
+    if args.method == "selftrain":
+        measured.update(rounds=args.rounds, thresholds=args.thresholds, student_recipe=args.student_recipe,
+                        student_sets=args.student_set, teacher_minutes=args.teacher_minutes)  # fmt: skip
+    return measured
+
+
 def run_seed(args, seed: int, folder: Path) -> dict:
     semi = selftrain_arm(args, seed, folder) if args.method == "selftrain" else run_arm(args, seed, args.method, folder, [])
     labels_only = run_arm(args, seed, "none", folder, args.baseline_set)
     return {
-        "labels_per_class": args.labels_per_class, "method": args.method, "seed": seed,
-        "budget_seconds": 60 * args.budget_minutes, "sets": args.set, "baseline_sets": args.baseline_set,
-        "semi": semi, "labels_only": labels_only,
+        **setup(args), "seed": seed, "semi": semi, "labels_only": labels_only,
         "gain_points": round(100 * (semi["accuracy"] - labels_only["accuracy"]), 2), "hardware": hardware(),
     }  # fmt: skip
 
@@ -158,8 +166,15 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="append each seed as a JSON line here, and summarize the file")
     parser.add_argument("--runs", type=Path, help="keep the run folders here (default: a temporary folder, deleted)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: self-training needs one student or more")
     if args.thresholds and len(args.thresholds) != args.rounds:
         parser.error(f"--thresholds needs one value per round ({args.rounds}), got {len(args.thresholds)}")
+    if any(not 0 < tau <= 1 for tau in args.thresholds or []):
+        parser.error(f"--thresholds {' '.join(map(str, args.thresholds))}: each must be in (0, 1]")
+    for name, minutes in (("--budget-minutes", args.budget_minutes), ("--teacher-minutes", args.teacher_minutes)):
+        if minutes <= args.reserve_minutes:
+            parser.error(f"{name} {minutes} leaves no training time after --reserve-minutes {args.reserve_minutes}")
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.runs or Path(scratch)
         results = []
@@ -170,7 +185,7 @@ def main() -> None:
                     f.write(json.dumps(results[-1]) + "\n")
     if args.results:
         lines = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
-        results = [r for r in lines if (r["labels_per_class"], r["method"]) == (args.labels_per_class, args.method)]
+        results = [r for r in lines if all(r.get(key) == value for key, value in setup(args).items())]
     print(json.dumps({"runs": results, "summary": summarize(results)}, indent=2))
 
 

@@ -189,12 +189,16 @@ def test_airbench_contrast_norm_undoes_cifar10c_contrast_and_keeps_colour(real_r
     images = load_split("cifar10", "test", str(real_root), download=False).images[:32]
     low = torch.from_numpy(corrupt(images.permute(0, 2, 3, 1).numpy(), "contrast", 3, seed=0)).permute(0, 3, 1, 2)
     clean, low = images.float() / 255, low.float() / 255
-    plain, normed = create_model("airbench"), create_model("airbench", contrast_norm=True)
+    torch.manual_seed(0)
+    plain = create_model("airbench").eval()
+    torch.manual_seed(0)
+    normed = create_model("airbench", contrast_norm=True).eval()  # the same weights
     difference = (normed.contrast_normalized(low) - normed.contrast_normalized(clean)).abs().mean()
     assert difference < 0.02  # the uint8 truncation of the corrupted images is all that is left (≈ 0.013)
-    # the plain net passes its input as it is, so the contrast change reaches the whitening
-    assert (plain.contrast_normalized(low) - plain.contrast_normalized(clean)).abs().mean() > 5 * difference
     out = normed.contrast_normalized(clean)
     assert torch.allclose(out.mean((2, 3)), clean.mean((2, 3)), atol=1e-6)  # per-channel means (colour) kept
     deviations = out - out.mean((2, 3), keepdim=True)
     assert torch.allclose(deviations.square().mean((1, 2, 3)), torch.ones(32), atol=0.02)
+    with torch.no_grad():  # the forward pass applies it: the logits barely move, the plain net's do (0.009 vs 0.59)
+        shifts = [(net(low) - net(clean)).abs().mean() / net(clean).abs().mean() for net in (plain, normed)]
+    assert shifts[1] < shifts[0] / 10, shifts
