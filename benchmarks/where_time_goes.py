@@ -9,12 +9,13 @@ The run is an ordinary `cifarlab.train` of the recipe (its honest path and its o
 code that trains. Phases: the loader's batches (augmentation included), the forward pass, each
 optimizer's step (Muon's Newton-Schulz is in its step), the EMA, and what is left of a training
 step (the backward pass with the step's bookkeeping); then the setup (the whitening init in it),
-epoch ends (checkpoints), log lines, and the test evaluation with TTA after training. `cores_busy` is the CPU
-time of all threads over the wall time: 2.0 means both cores worked throughout, 1.0 that the
-phase ran on one. Thread CPU times come from /proc/self/task/*/schedstat (nanoseconds on the
-CPU), so this runs on Linux only. torch.profiler records --profile-steps steps from the second
-epoch on; their op table is per step, by self CPU time on the launching thread, and those
-steps' phase times include the profiler's overhead. Time it alone on the machine.
+epoch ends, checkpoints, log lines, and the test evaluation with TTA after training.
+`cores_busy` is the CPU time of all threads over the wall time: 2.0 means both cores worked
+throughout, 1.0 that the phase ran on one (a phase of a few seconds in all is noise). Thread
+CPU times come from /proc/self/task/*/schedstat (nanoseconds on the CPU), so this runs on Linux
+only. torch.profiler records --profile-steps steps from the second epoch on; their op table is
+per step, by self CPU time on the launching thread, and those steps'
+phase times include the profiler's overhead. Time it alone on the machine.
 """
 
 from __future__ import annotations
@@ -121,8 +122,8 @@ class Instrument:
     def on_fit_start(self, trainer) -> None:
         p = self.phases
         p.leave("setup: data, model, optimizers, whitening init")  # entered before cifarlab.train
-        for name, label in (("end_epoch", "epoch ends (evaluation, checkpoints)"), ("log_window", "log lines"),
-                            ("save_last", "mid-epoch checkpoints")):  # fmt: skip
+        for name, label in (("end_epoch", "epoch ends (evaluation, best checkpoint)"), ("log_window", "log lines"),
+                            ("save_last", "checkpoints/last")):  # fmt: skip
             setattr(trainer, name, p.wrap(label, getattr(trainer, name)))
         trainer.forward = p.wrap("forward", trainer.forward)
         for optimizer in trainer.optimizers:
