@@ -185,7 +185,8 @@ def main() -> None:
                     f.write(json.dumps(results[-1]) + "\n")
     if args.results:
         lines = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
-        results = [r for r in lines if all(r.get(key) == value for key, value in setup(args).items())]
+        wanted = setup(args)
+        results = [r for r in lines if all(r.get(key) == value for key, value in wanted.items())]
     print(json.dumps({"runs": results, "summary": summarize(results)}, indent=2))
 
 
