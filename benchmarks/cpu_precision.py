@@ -4,8 +4,8 @@ square matmuls. Prints JSON.
 
     python benchmarks/cpu_precision.py --recipe fast --data-dir ../shared/data
 
-bf16 pays on a CPU only where the hardware multiplies bf16 natively (AMX tiles or AVX-512
-BF16, which `hardware` reports); elsewhere oneDNN converts and is slower than fp32. This is the
+bf16 can pay on a CPU only where the hardware multiplies bf16 natively (AMX tiles or AVX-512
+BF16, both reported in the output); elsewhere it has to be converted. This is the
 speed side only: whether a bf16 run still reaches the recipe's accuracy takes a full run
 (`cifarlab train --recipe fast --set cpu.train.precision=bf16`). The two precisions take turns
 in each round (--rounds), so a slow spell of the machine hits both; each figure is the median
