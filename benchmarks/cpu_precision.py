@@ -26,19 +26,9 @@ import torch.nn.functional as F
 import cifarlab
 from cifarlab.data import get_spec, load_split
 from cifarlab.engine.runtime import hardware
+from time_to_accuracy import matmul_peak  # this folder is the script's first import path
 
 PRECISIONS = {"fp32": contextlib.nullcontext, "bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
-
-
-def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
-    """GFLOP/s of n × n matmuls in `dtype` with torch's threads."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b  # warm-up
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        calls += 1
-    return 2 * n**3 * calls / (time.perf_counter() - start) / 1e9
 
 
 def batch(args, config: cifarlab.Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +93,7 @@ def main() -> None:
         fp32, bf16 = (statistics.median(times[task, p]) for p in PRECISIONS)
         result[task] = {"fp32_images_per_s": round(args.batch_size / fp32, 1),
                         "bf16_images_per_s": round(args.batch_size / bf16, 1), "bf16_speedup": round(fp32 / bf16, 3)}  # fmt: skip
-    fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
+    fp32, bf16 = (matmul_peak(3.0, dtype=dtype) for dtype in (torch.float32, torch.bfloat16))
     result["matmul_2048"] = {"fp32_gflop_per_s": round(fp32, 1), "bf16_gflop_per_s": round(bf16, 1),
                              "bf16_speedup": round(bf16 / fp32, 3)}  # fmt: skip
     print(json.dumps(result, indent=2))

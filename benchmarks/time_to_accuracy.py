@@ -77,10 +77,10 @@ def times_to_thresholds(points: list[dict]) -> dict:
     return out
 
 
-def matmul_peak(seconds: float = 5.0, n: int = 2048) -> float:
-    """This CPU's fp32 GFLOP/s on n × n matmuls with torch's threads: the ceiling a training
-    run's arithmetic rate is set against."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(seconds: float = 5.0, n: int = 2048, dtype: torch.dtype = torch.float32) -> float:
+    """This CPU's GFLOP/s on n × n matmuls in `dtype` with torch's threads: the ceiling a
+    training run's arithmetic rate is set against."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up
     calls, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
