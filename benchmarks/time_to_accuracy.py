@@ -20,9 +20,9 @@ when each threshold was first crossed (time = training time so far + that evalua
 same recipe, so seeds can be run in separate sessions. --runs DIR keeps each seed's run
 directory (checkpoints, eval.json, report) as DIR/<recipe>-seed<N>; by default they are deleted.
 --compare RECIPE runs a second recipe after each seed, with the same seed, in the same script
-run (e.g. `airbench94_muon`, the record's budget), and reports the ratio of the mean total times
-and the difference of the mean accuracies over those seeds. Every run has a fresh process of
-its own: memory reuse, once on, holds for the whole process.
+run (e.g. `airbench94_muon`, the record's budget; --compare-set gives its settings), and reports
+the ratio of the mean total times and the difference of the mean accuracies over those seeds.
+Every run has a fresh process of its own: memory reuse, once on, holds for the whole process.
 """
 
 from __future__ import annotations
@@ -253,14 +253,16 @@ def main() -> None:
     parser.add_argument("--results", help="JSON-lines file: append each seed, summarize all lines of the recipe")
     parser.add_argument("--peak", action="store_true", help="first measure the CPU's fp32 matmul GFLOP/s (5 s)")
     parser.add_argument("--compare", metavar="RECIPE",
-                        help="after each seed, run this recipe (as it is) with the same seed, for a time ratio")
+                        help="after each seed, run this recipe with the same seed, for a time ratio")
+    parser.add_argument("--compare-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the --compare recipe (e.g. the same train.precision as --set gives)")
     args = parser.parse_args()
     peak = matmul_peak() if args.peak else None
 
     results, compared = [], []
     with tempfile.TemporaryDirectory(prefix="cifarlab-bench-") as tmp:
         for seed in args.seeds:
-            for recipe, sets, runs in ((args.recipe, args.set, results), (args.compare, [], compared)):
+            for recipe, sets, runs in ((args.recipe, args.set, results), (args.compare, args.compare_set, compared)):
                 if recipe:
                     out = Path(args.runs or tmp) / f"{recipe}-seed{seed}"
                     runs.append(in_fresh_process(measured_run, recipe, seed, args.data_dir, sets, args.probe, out, peak,
