@@ -18,7 +18,7 @@ also evaluated after every epoch, off the clock and without influencing training
 when each threshold was first crossed (time = training time so far + that evaluation).
 --results FILE appends every finished seed as a JSON line and summarizes all lines of the
 same recipe, so seeds can be run in separate sessions. --runs DIR keeps each seed's run
-directory (checkpoints, eval.json, report) as DIR/<recipe>-seed<N>; by default they are deleted.
+directory (checkpoints, eval.json, report) as DIR/<recipe>-seed<N> (compared ones as DIR/compared-<recipe>-seed<N>); by default deleted.
 --compare RECIPE runs a second recipe after each seed, with the same seed, in the same script
 run (e.g. `airbench94_muon`, the record's budget; --compare-set gives its settings), and reports
 the ratio of the mean total times and the difference of the mean accuracies over those seeds.
@@ -262,9 +262,10 @@ def main() -> None:
     results, compared = [], []
     with tempfile.TemporaryDirectory(prefix="cifarlab-bench-") as tmp:
         for seed in args.seeds:
-            for recipe, sets, runs in ((args.recipe, args.set, results), (args.compare, args.compare_set, compared)):
+            for recipe, sets, runs, prefix in ((args.recipe, args.set, results, ""),
+                                               (args.compare, args.compare_set, compared, "compared-")):
                 if recipe:
-                    out = Path(args.runs or tmp) / f"{recipe}-seed{seed}"
+                    out = Path(args.runs or tmp) / f"{prefix}{recipe}-seed{seed}"  # a recipe can be compared with itself
                     runs.append(in_fresh_process(measured_run, recipe, seed, args.data_dir, sets, args.probe, out, peak,
                                                  args.warmup))  # fmt: skip
                     append_line(args.results, runs[-1])
