@@ -7,7 +7,7 @@ square matmuls. Prints JSON.
 bf16 can pay on a CPU only where the hardware multiplies bf16 natively (AMX tiles or AVX-512
 BF16, both reported in the output); elsewhere it has to be converted. This is the
 speed side only: whether a bf16 run still reaches the recipe's accuracy takes a full run
-(`cifarlab train --recipe fast --set cpu.train.precision=bf16`). The two precisions take turns
+(`cifarlab train --recipe fast --set train.precision=bf16`). The two precisions take turns
 in each round (--rounds), so a slow spell of the machine hits both; each figure is the median
 over rounds. A timing means something only when nothing else ran beside it.
 """
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import cifarlab
 from cifarlab.data import get_spec, load_split
+from cifarlab.data.augment import normalize
 from cifarlab.engine.runtime import hardware
 from time_to_accuracy import matmul_peak  # this folder is the script's first import path
 
@@ -35,8 +36,7 @@ def batch(args, config: cifarlab.Config) -> tuple[torch.Tensor, torch.Tensor]:
     """The first batch-size training images, normalized as the recipe's loader would."""
     images = load_split(config.data.dataset, "train", args.data_dir)
     spec = get_spec(config.data.dataset)
-    x = images.images[: args.batch_size].float().div_(255)
-    x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+    x = normalize(images.images[: args.batch_size], torch.tensor(spec.mean), torch.tensor(spec.std))
     return x.contiguous(memory_format=torch.channels_last), images.labels[: args.batch_size]
 
 

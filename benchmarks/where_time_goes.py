@@ -14,8 +14,8 @@ epoch ends, checkpoints, log lines, and the test evaluation with TTA after train
 throughout, 1.0 that the phase ran on one (a phase of a few seconds in all is noise). Thread
 CPU times come from /proc/self/task/*/schedstat (nanoseconds on the CPU), so this runs on Linux
 only. torch.profiler records --profile-steps steps from the second epoch on; their op table is
-per step, by self CPU time on the launching thread, and those steps'
-phase times include the profiler's overhead. Time it alone on the machine.
+per step, by self CPU time on the launching thread, and those steps' phase times include the
+profiler's overhead. Time it alone on the machine.
 """
 
 from __future__ import annotations
