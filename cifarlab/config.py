@@ -131,7 +131,7 @@ class TrainConfig:
     eval_batch_size: int = 500
     seed: int = 0  # drives init, order and augmentation; one seed, one result
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Precision = "auto"  # auto: bf16 autocast where the device multiplies bf16 natively (CUDA, CPUs with AMX or AVX-512 BF16), else fp32; a run records what it resolved to
     channels_last: bool = True  # NHWC: the fast layout for oneDNN on CPU and tensor cores on GPU
     compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
     deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs repeat exactly anyway)

@@ -43,7 +43,7 @@ from .engine.inference import checkpoint_loader
 from .engine.metrics import finite, metrics_from_logits, predict, read_result
 from .engine.metrics_log import read_metrics
 from .engine.onnx_model import OnnxModel
-from .engine.runtime import autocast, configure, hardware, seed_everything, select_device
+from .engine.runtime import autocast, configure, hardware, resolved_precision, seed_everything, select_device
 from .engine.trainer import Loaders, Run, StopRun, Trainer
 from .errors import CifarlabError
 from .fileio import atomic_path, read_json, write_json, write_text
@@ -83,6 +83,9 @@ def train(config: Config | str, resume: bool = False, verbose: bool = True, call
         raise CifarlabError("--resume needs --out RUN: the folder of the run to continue")
     with distributed.session(config.train.device) as device:
         verbose = verbose and distributed.is_writer()
+        # The run records the precision it trains in: resumed on a CPU without native bf16, it stays as it began.
+        precision = resolved_precision(config.train.precision, device)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision=precision))
         # A new run is built before its folder is claimed: whatever refuses the config does so before anything
         # is made, on every rank (under torchrun, a rank that exits first has the others killed mid-cleanup).
         # A resumed one is built once its folder proves unfinished: a finished run needs no data.
@@ -396,6 +399,8 @@ def _finished(run_dir: Path, config: Config, resume: bool, verbose: bool) -> Run
     if not (resume and config_path.is_file()):
         return None
     saved = from_dict(read_yaml(config_path)).to_dict()
+    if saved["train"]["precision"] == "auto":  # saved before runs recorded their precision: it resumes in the one now
+        saved["train"]["precision"] = config.train.precision
     differences = [
         f"{section}.{key}: run has {saved[section][key]!r}, now {value!r}"
         for section, values in config.to_dict().items() if isinstance(values, dict)
@@ -420,7 +425,7 @@ def _finished(run_dir: Path, config: Config, resume: bool, verbose: bool) -> Run
 def _train(config: Config, run_dir: Path, setup: _Setup, resume: bool, verbose: bool, callbacks,
            test: bool = True) -> Run:  # fmt: skip
     if verbose:
-        print(f"run: {run_dir}  (recipe {config.recipe}, model {config.model.name}, {setup.device})")
+        print(f"run: {run_dir}  (recipe {config.recipe}, model {config.model.name}, {setup.device}, {config.train.precision})")
         if config.semi.teacher:
             pseudo = int(teacher_labelled(setup.splits).sum())
             print(f"self-training: {len(setup.splits.train) - pseudo} labelled images and {pseudo} of the "

@@ -88,7 +88,8 @@ def test_parse_assignment_reads_yaml_values():
 def test_recipe_device_sections():
     on_cpu = resolve("fast", flags={"train": {"device": "cpu"}})
     on_gpu = resolve("fast", flags={"train": {"device": "cuda"}})
-    assert on_cpu.train.precision == "fp32" and not on_cpu.train.compile
+    assert on_cpu.train.precision == "auto" and not on_cpu.train.compile  # bf16 only where the CPU has it natively
+    assert resolve("fast-v1", flags={"train": {"device": "cpu"}}).train.precision == "fp32"  # as first measured
     assert on_gpu.train.precision == "bf16" and on_gpu.train.compile
     assert resolve("fast", flags={"train": {"device": "cuda"}}, sets=["train.compile=false"]).train.compile is False
 

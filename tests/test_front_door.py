@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import cifarlab
 from cifarlab.cli import main
 from cifarlab.config import list_recipes, recipe_for_model, resolve
+from cifarlab.engine import runtime
 from cifarlab.errors import CifarlabError
 from cifarlab.models import list_models
 from helpers import write_cifar10
@@ -97,6 +99,27 @@ def test_resume_needs_only_out_and_checks_the_data(synthetic_root, tmp_path):
     assert main(["train", "--out", str(tmp_path / "cut"), "--resume"]) == 0
     (whole, weights_whole), (cut, weights_cut) = outcome(tmp_path / "whole"), outcome(tmp_path / "cut")
     assert whole == cut and all((weights_whole[k] == weights_cut[k]).all() for k in weights_whole)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("native", [False, True])
+def test_a_run_records_the_precision_auto_resolved_to(native, synthetic_root, tmp_path, monkeypatch):
+    """`auto` is bf16 where the CPU multiplies bf16 natively, fp32 elsewhere; the run's config
+    says which, so resuming it on the other kind of CPU keeps it (and a run saved with `auto`
+    by an earlier version still resumes)."""
+    x = torch.ones(4, 4)
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: native)
+    with runtime.autocast(torch.device("cpu"), "auto"):
+        assert (x @ x).dtype == (torch.bfloat16 if native else torch.float32)
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--data-dir", str(synthetic_root), "--out", str(out)]) == 0
+    assert resolve(config_file=str(out / "config.yaml")).train.precision == ("bf16" if native else "fp32")
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: not native)
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    assert resolve(config_file=str(out / "config.yaml")).train.precision == ("bf16" if native else "fp32")
+    saved = out / "config.yaml"
+    saved.write_text(saved.read_text().replace(f"precision: {'bf16' if native else 'fp32'}", "precision: auto"))
+    assert main(["train", "--out", str(out), "--resume"]) == 0
 
 
 @pytest.mark.slow
