@@ -36,8 +36,10 @@ SETTINGS = [
     "--recipe", "resnet20", "--model", "lenet", "--train-subset", "1000", "--set", "data.val_size=200",
     "--epochs", "2", "--batch-size", "100", "--lr", "0.05", "--device", "cpu", "--no-report",
     "--set", "train.log_every=4", "--set", "train.checkpoint_every=5", "--set", "optim.ema_decay=0.9",
-    "--set", "optim.lookahead_every=2", "--set", "optim.lookahead_start_epoch=0.5",
+    "--set", "optim.lookahead_every=2", "--set", "optim.lookahead_start_epoch=0.5", "--set", "train.precision=fp32",
 ]  # fmt: skip
+# fp32 even where the CPU has native bf16, whose 8-bit mantissa would carry the halves' difference
+# to ~1e-3 in 20 steps, too close to a real fault to tell them apart.
 # Float32 rounding: a gradient summed in two halves differs from the one-pass sum by ~1e-7
 # relative, and 20 steps of SGD/Muon carry that through without amplifying it much (weights
 # are ~0.1; a real difference, such as one batch wrong, moves them by ~1e-2).
