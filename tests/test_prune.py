@@ -18,7 +18,7 @@ from torch import nn
 import cifarlab
 from cifarlab.cli import main
 from cifarlab.compress import PruneTarget, prune_channels, prune_model
-from cifarlab.compress.channels import ROOT_TYPES, _units, _zones
+from cifarlab.compress.channels import ROOT_TYPES, _units
 from cifarlab.config import from_dict, resolve
 from cifarlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from cifarlab.errors import CifarlabError
@@ -53,16 +53,13 @@ def lively(name: str) -> nn.Module:
 
 
 def kill_channels(model: nn.Module, x: torch.Tensor, amount: float) -> int:
-    """Zero every weight of a random `amount` of the channels of each zone of each prunable group
-    (the share the pruner removes), in every layer of the group: channels that carry nothing.
-    Returns how many."""
+    """Zero every weight of a random `amount` of the channels of each prunable group (the share
+    the pruner removes), in every layer of the group: channels that carry nothing. Returns how many."""
     generator, killed = torch.Generator().manual_seed(1), 0
     for unit in _units(model, x):
-        for group in list(unit.groups()):
-            chosen = []
-            for idxs in _zones(group).values():
-                n = len(idxs)
-                chosen += [idxs[i] for i in torch.randperm(n, generator=generator)[: n - max(1, int(n * (1 - amount)))]]
+        for group in unit.graph.get_all_groups(ignored_layers=unit.kept, root_module_types=ROOT_TYPES):
+            n = len(group[0].idxs)
+            chosen = torch.randperm(n, generator=generator)[: n - max(1, int(n * (1 - amount)))].tolist()
             killed += len(chosen)
             for dep, idxs in unit.graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, chosen):
                 layer, index = dep.target.module, torch.tensor([int(i) for i in idxs])
@@ -123,10 +120,7 @@ def test_a_net_with_nothing_to_prune_is_refused():
 def test_a_pruned_checkpoint_rebuilds_to_the_same_logits(tmp_path):
     source = load_checkpoint(write_source_checkpoint(tmp_path / "source", "resnet20"))
     record, resized = prune_model(source, PruneTarget(amount=0.5), 32)
-    assert resized["blocks.0.conv1"] == {"out_channels": 8, "in_channels": 8}
-    assert resized["head.2"] == {"in_features": 32}  # its inputs, never its logits
-    pad = resized["blocks.3.shortcut"]  # the zero-padding shortcut: half of stage 1's channels, half of its zeros
-    assert pad["in_channels"] == 8 and pad["before"] + pad["after"] == 8
+    assert resized["blocks.0.conv1"] == {"out_channels": 8} and "head.2" not in resized  # never the logits
     meta = {**source.meta, "model_resized": resized}
     save_checkpoint(tmp_path / "pruned", source.model.state_dict(), meta)
     x = torch.randn(4, 3, 32, 32)
@@ -135,13 +129,12 @@ def test_a_pruned_checkpoint_rebuilds_to_the_same_logits(tmp_path):
     assert record["macs_after"] < 0.6 * record["macs_before"] and record["params_after"] < record["params_before"]
     config = resolve("resnet20", sets=[f"model.resized={json.dumps(resized)}"])
     assert from_dict(yaml.safe_load(config.to_yaml())) == config
-    assert "  resized:\n    stem.0: {out_channels: 8}\n    stem.1: {num_features: 8}\n" in config.to_yaml()  # a line per layer
+    assert "  resized:\n    blocks.0.conv1: {out_channels: 8}\n" in config.to_yaml()  # a line per layer
 
 
 def test_resized_names_what_it_cannot_apply():
     for resized, message in [({"nope": {"out_channels": 3}}, "model.resized.nope="),
                              ({"blocks.0.conv1": {"out_channels": 17}}, "a size between 1 and 16"),
-                             ({"blocks.3.shortcut": {"before": 9}}, "a size between 0 and 8"),
                              ({"blocks.0.conv1": {"kernel_size": 1}}, "its sizes are: out_channels, in_channels, groups")]:  # fmt: skip
         with pytest.raises(CifarlabError, match=message):
             create_model("resnet20", resized=resized)
@@ -152,9 +145,8 @@ def test_macs_ratio_is_reached_within_its_tolerance(tmp_path):
     record, _ = prune_model(source, PruneTarget(macs_ratio=0.6), 32)
     assert abs(record["macs_ratio"] - 0.6) <= 0.02 and 0 < record["amount"] < 1
     assert record["macs_ratio"] == record["macs_after"] / record["macs_before"]
-    lenet = load_checkpoint(write_source_checkpoint(tmp_path / "lenet", "lenet"))
-    with pytest.raises(CifarlabError, match="the fewest MACs it reaches are"):  # its first conv's inputs, the image, stay whole
-        prune_model(lenet, PruneTarget(macs_ratio=0.01), 32)
+    with pytest.raises(CifarlabError, match="the fewest MACs it reaches are"):  # the residual streams stay whole
+        prune_model(load_checkpoint(tmp_path / "source"), PruneTarget(macs_ratio=0.01), 32)
 
 
 # ------------------------------------------------------------------------------ pruned runs

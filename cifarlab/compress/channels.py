@@ -7,17 +7,11 @@ couplings as groups; each group keeps `1 - amount` of its channels, chosen by im
 (Taylor: |weight × gradient| on training batches; or the weights' L2 norm), over a few
 steps, so that each step's importance sees the net the earlier ones left.
 
-The CIFAR ResNets' zero-padding shortcut (`ChannelPad`) joins the residual streams of all
-stages into one group: channel i of a stage is channel `before + i` of the next, whose other
-channels start as zeros. torch_pruning does not know the op; here it gets a handler for it and
-the map, set as torch_pruning sets a concatenation's. Each part of such a group that reaches
-different layers (a stage's own channels, those it passes on) keeps its share, so that the
-layer sizes follow from the amount alone.
-
 What the tracer cannot map is left whole rather than guessed:
 - a group that reaches the traced module's input or output (the image channels, the logits);
-- a group that passes through another op not known to keep channel i at position i (a
-  transpose) or through a frozen layer (airbench's whitening conv: no training would repair it);
+- a group that passes through an op not known to keep channel i at position i (the CIFAR
+  ResNets' zero-padding "option A" shortcut, a transpose) or through a frozen layer (airbench's
+  whitening conv: no training would repair it);
 - a module the tracer fails on (ShuffleNetV2's channel shuffle: a view/transpose/view) is
   pruned through its children instead, each with its own input and output channels kept.
 """
@@ -34,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CifarlabError, first_line
-from ..models.blocks import ChannelPad
 
 ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 # autograd ops (their names without "Backward<n>") that keep channel i at position i; torch_pruning
@@ -70,26 +63,6 @@ class _Marked(nn.Module):
         return y
 
 
-class _PadPruner:
-    """torch_pruning's handler of a `ChannelPad`: one space of channels, its output's (as a
-    BatchNorm's), so that pruning its output prunes the input channels it copies and the other way round."""
-
-    def prune_out_channels(self, pad: ChannelPad, idxs: list[int]) -> ChannelPad:
-        before = sum(i < pad.before for i in idxs)
-        after = sum(i >= pad.before + pad.in_channels for i in idxs)
-        pad.in_channels -= len(idxs) - before - after
-        pad.before, pad.after = pad.before - before, pad.after - after
-        return pad
-
-    prune_in_channels = prune_out_channels
-
-    def get_out_channels(self, pad: ChannelPad) -> int:
-        return pad.before + pad.in_channels + pad.after
-
-    def get_in_channels(self, pad: ChannelPad) -> int:
-        return pad.in_channels
-
-
 class _Unit:
     """One traced module and the groups of coupled channels that can be pruned in it."""
 
@@ -98,93 +71,28 @@ class _Unit:
         marked = _Marked(module)
         with warnings.catch_warnings():  # e.g. "unknown op, handled as element-wise": judged below instead
             warnings.simplefilter("ignore")
-            self.graph = tp.DependencyGraph().build_dependency(marked, example, verbose=False,
-                                                               customized_pruners={ChannelPad: _PadPruner()})  # fmt: skip
-        self.pads = {node: node.module for node in self.graph.module2node.values() if isinstance(node.module, ChannelPad)}
-        self._map_pads()
+            self.graph = tp.DependencyGraph().build_dependency(marked, example, verbose=False)
         marks = {node for node in self.graph.module2node.values() if node.grad_fn in marked.marks}
         self.kept: list[nn.Module] = []  # the layers of groups left whole
-        # root layer of each prunable group → the channels of each of its zones at the start
-        self.zones: dict[nn.Module, dict[frozenset, int]] = {}
-        for group in self.groups():
+        self.channels: dict[nn.Module, int] = {}  # root layer of each prunable group → its channels at the start
+        for group in self.graph.get_all_groups(root_module_types=ROOT_TYPES):
             if _is_prunable(group, marks, tp.ops.OPTYPE.ELEMENTWISE):
-                self.zones[group[0].dep.target.module] = {key: len(idxs) for key, idxs in _zones(group).items()}
+                self.channels[group[0].dep.target.module] = len(group[0].idxs)
             else:
                 self.kept += [dep.target.module for dep, _ in group if self.graph.is_out_channel_pruning_fn(dep.handler)]
 
-    def groups(self):
-        """Every group not left whole, each with all its channels. Its root is its last layer in
-        the order of the forward pass: a residual stream padded between stages then starts from
-        the widest stage, and its group holds every channel of every stage."""
-        visited = set(self.kept)
-        for layer in reversed(self.graph.module2node):
-            if not isinstance(layer, ROOT_TYPES) or layer in visited:
-                continue
-            pruner = self.graph.get_pruner_of_module(layer)
-            group = self.graph.get_pruning_group(layer, pruner.prune_out_channels, range(pruner.get_out_channels(layer)))
-            visited |= {dep.target.module for dep, _ in group if self.graph.is_out_channel_pruning_fn(dep.handler)}
-            yield group
-
     def prune(self, keep: float, importance: Callable) -> None:
-        """Leave each zone of each group `keep` of its channels at the start (at least one),
-        dropping the least important. Every group is scored first: pruning one changes the index
-        maps of others."""
+        """Leave each group `keep` of its channels at the start (at least one), dropping the least
+        important. Every group is scored first: pruning one changes the index maps of others."""
         plan = []
-        for group in self.groups():
+        for group in self.graph.get_all_groups(ignored_layers=self.kept, root_module_types=ROOT_TYPES):
             root, handler = group[0].dep.target.module, group[0].dep.handler
-            scores = importance(_in_order(group))
-            if scores is None:
-                continue
-            drop = []
-            for key, idxs in _zones(group).items():
-                count = len(idxs) - max(1, int(self.zones[root][key] * keep + 1e-9))
-                drop += sorted(idxs, key=lambda i: scores[i])[:count]
-            if drop:
-                plan.append((root, handler, drop))
+            scores = importance(group)
+            drop = len(group[0].idxs) - max(1, int(self.channels[root] * keep + 1e-9))
+            if scores is not None and drop > 0:
+                plan.append((root, handler, scores.argsort()[:drop].tolist()))
         for root, handler, idxs in plan:
             self.graph.get_pruning_group(root, handler, idxs).prune()
-            self._map_pads()
-
-    def _map_pads(self) -> None:
-        """Channel i of a pad's input is channel `before + i` of its output (torch_pruning would
-        map i to i): set as torch_pruning sets a concatenation's map, after every change of size."""
-        from torch_pruning.dependency.index_mapping import _ConcatIndexMapping  # torch_pruning's own map; no public name
-
-        for node, pad in self.pads.items():
-            offsets = [pad.before, pad.before + pad.in_channels]
-            for source in node.inputs:
-                for dep in node.dependencies:
-                    if dep.target is source:
-                        dep.index_mapping[0] = _ConcatIndexMapping(offsets, reverse=True)
-                for dep in source.dependencies:
-                    if dep.target is node:
-                        dep.index_mapping[0] = _ConcatIndexMapping(offsets, reverse=False)
-
-
-def _in_order(group):
-    """`group` with each layer's channels in ascending order and their root channels along:
-    torch_pruning's Taylor importance sorts a layer's channels in place but not the root ones
-    (which a padded stream's layers reach out of order)."""
-    from torch_pruning._helpers import GroupItem
-
-    for i, item in enumerate(group.items):
-        pairs = sorted(zip(item.idxs, item.root_idxs))
-        group[i] = GroupItem(item.dep, [idx for idx, _ in pairs])
-        group[i].root_idxs = [root for _, root in pairs]
-    return group
-
-
-def _zones(group) -> dict[frozenset, list[int]]:
-    """The group's root channels by the layers they reach: a padded residual stream's channels
-    from each stage (and the group of a plain net, all of it: one zone)."""
-    reach: dict[int, set] = {}
-    for item in group:
-        for root_idx in item.root_idxs:
-            reach.setdefault(root_idx, set()).add(item.dep.target)
-    zones: dict[frozenset, list[int]] = {}
-    for root_idx, nodes in sorted(reach.items()):
-        zones.setdefault(frozenset(nodes), []).append(root_idx)
-    return zones
 
 
 def _is_prunable(group, marks: set, elementwise) -> bool:
@@ -239,7 +147,7 @@ def prune_channels(model: nn.Module, example: torch.Tensor, amount: float, steps
     tp = import_torch_pruning()
     was_training = model.training
     model.eval()  # tracing, and the gradients, with BatchNorm's running statistics (which stay as they are)
-    units = [unit for unit in _units(model, example) if unit.zones]
+    units = [unit for unit in _units(model, example) if unit.channels]
     if not units:
         raise CifarlabError("channel pruning finds no group of channels it can remove in this net")
     importance = tp.importance.GroupTaylorImportance() if batches else tp.importance.GroupMagnitudeImportance()

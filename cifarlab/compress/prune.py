@@ -93,8 +93,8 @@ def _amount_for_macs(model: nn.Module, example: torch.Tensor, ratio: float, macs
 
     low, high = (0.0, 1.0), (0.99, achieved(0.99))
     if high[1] > ratio + MACS_TOLERANCE:
-        raise CifarlabError(f"the fewest MACs it reaches are {high[1]:.2f}× the net's (it keeps the image's channels, "
-                            f"the logits and what it cannot map whole); ask for --macs-ratio {high[1]:.2f} or more")  # fmt: skip
+        raise CifarlabError(f"the fewest MACs it reaches are {high[1]:.2f}× the net's (it keeps residual and other "
+                            f"coupled channels whole); ask for --macs-ratio {high[1]:.2f} or more")  # fmt: skip
     for _ in range(12):
         if min(abs(low[1] - ratio), abs(high[1] - ratio)) <= MACS_TOLERANCE / 2:
             break

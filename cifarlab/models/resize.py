@@ -3,9 +3,8 @@
 A pruned run saves only `model.resized`, {module path: {size attribute: new value}}, e.g.
 `blocks.0.conv1: {out_channels: 9}`; `create_model(..., resized=...)` builds the net as usual
 and shrinks those layers, so a pruned checkpoint loads like any other, without pickled
-modules or the pruning library. Only the sizes of convolutions, BatchNorm and linear layers,
-and the zero channels a `ChannelPad` adds, can change: channel pruning changes nothing else in
-the nets here.
+modules or the pruning library. Only the sizes of convolutions, BatchNorm and linear layers
+can change: channel pruning changes nothing else in the nets here.
 """
 
 from __future__ import annotations
@@ -13,16 +12,13 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import CifarlabError
-from .blocks import ChannelPad
 
 # module type → its size attributes, in the order the YAML shows them
 SIZE_ATTRIBUTES: dict[type, tuple[str, ...]] = {
     nn.modules.conv._ConvNd: ("out_channels", "in_channels", "groups"),
     nn.modules.batchnorm._BatchNorm: ("num_features",),
     nn.Linear: ("out_features", "in_features"),
-    ChannelPad: ("in_channels", "before", "after"),
 }
-MAY_BE_ZERO = {"before", "after"}  # a pad may add no zero channel on a side
 
 
 def _attributes(module: nn.Module) -> tuple[str, ...]:
@@ -37,8 +33,6 @@ def layer_sizes(model: nn.Module) -> dict[str, dict[str, int]]:
 
 def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     """The tensor shapes a layer's size attributes imply."""
-    if isinstance(module, ChannelPad):
-        return {}
     if isinstance(module, nn.modules.conv._ConvNd):
         weight = (module.out_channels, module.in_channels // module.groups, *module.kernel_size)
         return {"weight": weight, "bias": (module.out_channels,)}
@@ -54,13 +48,12 @@ def resize_layers(model: nn.Module, resized: dict[str, dict[str, int]]) -> nn.Mo
     sizes = layer_sizes(model)
     for path, changes in resized.items():
         if path not in sizes or not isinstance(changes, dict) or not set(changes) <= set(sizes[path]):
-            allowed = ", ".join(sizes.get(path, {})) or "none: it is not a conv, BatchNorm, linear or ChannelPad layer of this model"
+            allowed = ", ".join(sizes.get(path, {})) or "none: it is not a conv, BatchNorm or linear layer of this model"
             raise CifarlabError(f"model.resized.{path}={changes!r} cannot be applied; its sizes are: {allowed}")
         module = model.get_submodule(path)
         for name, value in changes.items():
-            least = 0 if isinstance(module, ChannelPad) and name in MAY_BE_ZERO else 1
-            if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= sizes[path][name]:
-                raise CifarlabError(f"model.resized.{path}.{name}={value!r}: a size between {least} and {sizes[path][name]}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= sizes[path][name]:
+                raise CifarlabError(f"model.resized.{path}.{name}={value!r}: a size between 1 and {sizes[path][name]}")
             setattr(module, name, value)
         for name, shape in _shapes(module).items():
             tensor = getattr(module, name)

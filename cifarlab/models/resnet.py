@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from .blocks import ChannelPad, drop_path_rates
+from .blocks import drop_path_rates
 from .registry import register_model
 
 
@@ -43,8 +43,7 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != channels:
             if pad_shortcut:
-                extra = channels - in_channels
-                self.shortcut = ChannelPad(in_channels, extra // 2, extra - extra // 2, stride)
+                self.shortcut = _PadShortcut(channels - in_channels, stride)
             else:
                 self.shortcut = _projection(in_channels, channels, stride)
 
@@ -109,6 +108,17 @@ class PreActBlock(nn.Module):
 
 def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+
+
+class _PadShortcut(nn.Module):
+    def __init__(self, extra_channels: int, stride: int):
+        super().__init__()
+        self.extra_channels, self.stride = extra_channels, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        half = self.extra_channels // 2
+        return F.pad(x, (0, 0, 0, 0, half, self.extra_channels - half))
 
 
 class ResNet(nn.Module):
