@@ -102,6 +102,9 @@ class OptimConfig:
     groups: dict = field(default_factory=dict)  # per-role overrides, e.g. {head: {lr: 2.0}, filters: {optimizer: muon}}
     label_smoothing: float = 0.0
     jsd_weight: float = 0.0  # AugMix's Jensen-Shannon loss over the clean image + 2 AugMix views (paper: 12); 0 = off
+    distill_from: str | None = None  # knowledge distillation: a finished run (or checkpoint) whose softened predictions the net learns too; None = off
+    distill_weight: float = 0.5  # with distill_from: loss = (1 - this) × cross-entropy + this × T² × KL(teacher ‖ net) at temperature T
+    distill_temperature: float = 4.0  # T: softens both nets' predictions, so the teacher's view of the wrong classes counts
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
     ema_decay: float = 0.0  # exponential moving average of weights for evaluation, per step; 0 = off
     lookahead_every: int = 0  # airbench lookahead: average weights every N steps and copy back; 0 = off
@@ -315,6 +318,7 @@ def validate(config: Config) -> Config:
                             f"and at most 1 (pixel range [0, 1]; 8/255 = 0.0314)")  # fmt: skip
     _validate_semi(config)
     _validate_jsd(config)
+    _validate_distill(config)
     _validate_low_res(config)
     _validate_drop_easy(config)
     for key in ("finetune.layer_decay", "train.tta_share"):
@@ -373,6 +377,18 @@ def _validate_jsd(config: Config) -> None:
     if config.train.adversarial != "none":
         raise CifarlabError(f"choose one of optim.jsd_weight and train.adversarial={config.train.adversarial}, "
                             f"not both")  # fmt: skip
+
+
+def _validate_distill(config: Config) -> None:
+    """A weight is a share of the loss; a semi-supervised step computes its own loss (labels/semi.py)."""
+    o = config.optim
+    if not 0 <= o.distill_weight <= 1:
+        raise CifarlabError(f"optim.distill_weight={o.distill_weight} is out of range; it must be in [0, 1]")
+    if not o.distill_temperature > 0:
+        raise CifarlabError(f"optim.distill_temperature={o.distill_temperature} is out of range; it must be > 0")
+    if o.distill_from and config.semi.online:
+        raise CifarlabError(f"optim.distill_from is not used with semi.method={config.semi.method}; "
+                            f"set one of them off")  # fmt: skip
 
 
 def choices(key: str) -> tuple[str, ...]:

@@ -39,6 +39,7 @@ from .data import DeviceLoader, ImageSet, SemiLoader, Splits, make_splits, strat
 from .engine import distributed
 from .engine.calibration import describe_fit, fit_record
 from .engine.checkpoint import load_checkpoint, save_calibration, save_checkpoint
+from .engine.distill import Teacher
 from .engine.inference import checkpoint_loader
 from .engine.metrics import finite, metrics_from_logits, predict, read_result
 from .engine.metrics_log import read_metrics
@@ -466,6 +467,7 @@ class _Setup:
     loaders: Loaders
     device: torch.device
     semi: SemiObjective | None
+    teacher: Teacher | None
 
     def trainer(self, config: Config, run_dir: Path, verbose: bool, callbacks) -> Trainer:
         if config.train.tensorboard:
@@ -473,7 +475,7 @@ class _Setup:
 
             callbacks = [*callbacks, TensorBoardLogger()]
         return Trainer(config, run_dir, self.model, self.param_options, self.splits, self.loaders, self.device,
-                       _data_fingerprint(self.splits), verbose, callbacks, self.semi)  # fmt: skip
+                       _data_fingerprint(self.splits), verbose, callbacks, self.semi, self.teacher)  # fmt: skip
 
 
 def _setup(config: Config, device: torch.device, source: Source | None, resumed: Path | None = None) -> _Setup:
@@ -489,7 +491,9 @@ def _setup(config: Config, device: torch.device, source: Source | None, resumed:
     model, param_options = _build_model(config, len(splits.classes), source)
     loaders = _loaders(config, splits, device)
     semi = SemiObjective(config.semi) if config.semi.online else None
-    return _Setup(model, param_options, splits, loaders, device, semi)
+    teacher = (Teacher(config.optim, splits.classes, splits.mean, splits.std, device, config.train.channels_last)
+               if config.optim.distill_from else None)  # fmt: skip
+    return _Setup(model, param_options, splits, loaders, device, semi, teacher)
 
 
 def _build_model(config: Config, num_classes: int, source: Source | None) -> tuple[nn.Module, dict]:

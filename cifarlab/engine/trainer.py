@@ -32,6 +32,7 @@ from ..robust.adversarial import Adversary, held_out_check, training_attack
 from ..robust.consistency import jensen_shannon
 from . import distributed
 from .calibration import describe_fit, fit_record
+from .distill import Teacher
 from .checkpoint import (load_weights_into, read_state, read_weights, recover_checkpoint, save_calibration,
                          save_checkpoint)  # fmt: skip
 from .metrics import format_report, metrics_from_logits, predict
@@ -101,11 +102,13 @@ class Trainer:
     gradual unfreezing); `data_fingerprint` identifies the data, checked on resume. `semi` is
     the semi-supervised objective (labels/semi.py) when the train loader is a SemiLoader: it
     is called with (forward, criterion, x, y, unlabelled views) and returns (labelled logits,
-    loss, [unlabelled loss × n, confident, n])."""
+    loss, [unlabelled loss × n, confident, n]). `teacher`: the finished net the run also learns
+    from (optim.distill_from; engine/distill.py)."""
 
     def __init__(
         self, config: Config, run_dir: Path, model: nn.Module, param_options: dict, splits: Splits, loaders: Loaders,
         device: torch.device, data_fingerprint: str, verbose: bool = True, callbacks=(), semi=None,
+        teacher: Teacher | None = None,
     ):  # fmt: skip
         c = self.config = config
         self.run_dir, self.splits, self.device, self.verbose = run_dir, splits, device, verbose
@@ -151,7 +154,7 @@ class Trainer:
         attack = training_attack(c.train)  # crafts each training batch anew (robust/adversarial.py); None: off
         self.adversary = (Adversary(self.model, attack, splits.mean, splits.std, c.train.seed, distributed.rank())
                           if attack is not None else None)  # fmt: skip
-        self.semi = semi
+        self.semi, self.teacher = semi, teacher
         self.log = MetricsLog(run_dir / "metrics.jsonl")
 
         # Position and running sums: all of it is saved in `last` and restored on resume.
@@ -240,7 +243,7 @@ class Trainer:
                 if self.adversary is not None:
                     x = self.adversary(x, y, self.step)
                 logits = self.forward(x)  # all views of the batch together: BatchNorm sees them as one batch
-                loss, logits = self.objective(logits.float(), y)
+                loss, logits = self.objective(logits.float(), y, x)
         loss.backward()
         if lr_scale is None:
             set_learning_rates(self.optimizers, self.schedule_step(), self.config.train.epochs * self.steps_per_epoch,
@@ -293,12 +296,15 @@ class Trainer:
             self.bar.write(f"epochs {self.epoch + 1}–{self.config.train.epochs}: the {len(self.kept):,} training images "
                            f"the model finds hardest of {len(losses):,}")  # fmt: skip
 
-    def objective(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cross-entropy of the batch, or with several views (the loader's clean view, then
+    def objective(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-entropy of the batch `x`, or with several views (the loader's clean view, then
         AugMix views) that of the clean view plus optim.jsd_weight × their Jensen-Shannon
-        divergence; and the logits the training accuracy counts (the clean view's)."""
+        divergence; mixed with the teacher's loss (if any) on the clean view; and the logits the
+        training accuracy counts (the clean view's)."""
         views = logits.unflatten(0, (-1, len(y)))
         loss = self.criterion(views[0], y)
+        if self.teacher is not None:
+            loss = self.teacher.loss(views[0], x[: len(y)], loss)
         if self.config.optim.jsd_weight:
             loss = loss + self.config.optim.jsd_weight * jensen_shannon(views)
         return loss, views[0]
