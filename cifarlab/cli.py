@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--teacher", metavar="RUN",
                        help="--semi selftrain: the finished run, with the same labels, whose confident predictions "
                             "label the pool")  # fmt: skip
+    train.add_argument("--distill-from", metavar="RUN",
+                       help="also learn this finished run's softened predictions (knowledge distillation; "
+                            "optim.distill_weight, optim.distill_temperature)")  # fmt: skip
     train.add_argument("--dataset", help=DATASET_HELP)
 
     finetune = commands.add_parser("finetune", help="adapt a pretrained model to a new task, then test it once")
@@ -108,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="channels (default): smaller layers, fewer MACs | unstructured: zeroed weights, same MACs")  # fmt: skip
     prune.add_argument("--finetune-epochs", type=int, default=3, metavar="E",
                        help="epochs of the run's own recipe at 0.3× its lrs (default: 3)")  # fmt: skip
+    prune.add_argument("--no-distill", dest="distill", action="store_false",
+                       help="fine-tune on the labels alone, not also on the unpruned net's predictions")  # fmt: skip
     prune.add_argument("--out", help="run directory (default: runs/<RUN's name>-pruned, or -pruned-N when taken)")
     prune.add_argument("--data-dir", help="where the run's dataset is now, if it moved")
     prune.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the run's)")
@@ -378,6 +383,7 @@ def _train(args) -> None:
     from .config import resolve
 
     flags = _run_flags(args, model={"name": args.model}, semi={"method": args.semi, "teacher": args.teacher},
+                       optim={"distill_from": args.distill_from},
                        data={"train_subset": args.train_subset, "labels_per_class": args.labels_per_class,
                              "dataset": args.dataset})  # fmt: skip
     _start(args, _saved(args, flags) or resolve(args.recipe, args.config, flags, args.set))
@@ -400,7 +406,7 @@ def _prune(args) -> None:
     from .run import prune
 
     prune(args.source, args.method, args.amount, args.macs_ratio, args.finetune_epochs, args.out, args.data_dir,
-          args.device, args.set)  # fmt: skip
+          args.device, args.set, args.distill)  # fmt: skip
 
 
 def _eval(args) -> None:

@@ -114,9 +114,10 @@ def finetune(source: str, target: str, strategy: str | None = None, *, arch: str
 
 def prune(source: str | Path, method: str = "channels", amount: float | None = None, macs_ratio: float | None = None,
           finetune_epochs: int = 3, out: str | None = None, data_dir: str | None = None, device: str | None = None,
-          sets=(), verbose: bool = True, callbacks=()) -> Run:  # fmt: skip
+          sets=(), distill: bool = True, verbose: bool = True, callbacks=()) -> Run:  # fmt: skip
     """Prune the net of the run (or checkpoint) `source`, fine-tune it for `finetune_epochs`
-    with that run's recipe at 0.3× its lrs, and test once; returns the new run, which
+    with that run's recipe at 0.3× its lrs (`distill`: learning from the unpruned net too),
+    and test once; returns the new run, which
     also holds prune.json (what was removed, MACs and parameters before and after) and the
     pruned net before fine-tuning (checkpoints/pruned). `amount`: the fraction of each group
     of coupled channels to remove (unstructured: of all weights); `macs_ratio`: instead, the
@@ -127,12 +128,15 @@ def prune(source: str | Path, method: str = "channels", amount: float | None = N
     checkpoint = load_checkpoint(source)
     if isinstance(checkpoint.model, OnnxModel):
         raise CifarlabError(f"'{source}' holds an ONNX model ({checkpoint.model.path}); prune the float run it came from")
-    config = pruned_config(checkpoint.config(), method, finetune_epochs, out, data_dir, device, sets)
+    config = pruned_config(checkpoint.config(), method, finetune_epochs, out, data_dir, device, sets,
+                           str(checkpoint.path) if distill else None)  # fmt: skip
     source_run = _run_folder(checkpoint.path)
     with distributed.session(config.train.device) as dev:
         configure(config.train)
         seed_everything(config.train.seed)
         splits = make_splits(config.data)
+        if config.optim.distill_from:  # refused now, before the run's folder is made, if it cannot teach
+            Teacher(config.optim, splits.classes, splits.mean, splits.std, dev)
         checkpoint.model.to(dev)
         record, resized = prune_model(checkpoint, target, config.data.image_size, _importance_batches(config, splits, dev))
         record = {"source": str(checkpoint.path), **record}

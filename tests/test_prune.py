@@ -19,6 +19,7 @@ import cifarlab
 from cifarlab.cli import main
 from cifarlab.compress import PruneTarget, prune_channels, prune_model
 from cifarlab.compress.channels import ROOT_TYPES, _units
+from cifarlab.compress.prune import DISTILL_TEMPERATURE, DISTILL_WEIGHT, LR_FACTOR, pruned_config
 from cifarlab.config import from_dict, resolve
 from cifarlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from cifarlab.errors import CifarlabError
@@ -156,6 +157,16 @@ def small_prune(source, out, method, amount, data_root, *sets, **kwargs):
                           verbose=False, **kwargs)  # fmt: skip
 
 
+def test_fine_tuning_learns_from_the_unpruned_net_unless_told_not_to():
+    source = resolve("resnet20")
+    taught = pruned_config(source, "channels", 3, teacher="runs/a/checkpoints/best")
+    assert taught.optim.distill_from == "runs/a/checkpoints/best"
+    assert (taught.optim.distill_weight, taught.optim.distill_temperature) == (DISTILL_WEIGHT, DISTILL_TEMPERATURE)
+    assert taught.optim.lr == pytest.approx(source.optim.lr * LR_FACTOR) and taught.train.epochs == 3
+    assert pruned_config(source, "channels", 3).optim.distill_from is None
+    assert pruned_config(source, "channels", 3, sets=["optim.distill_weight=0.9"], teacher="x").optim.distill_weight == 0.9
+
+
 @pytest.mark.parametrize("recipe_flags", [
     pytest.param([], id="sgd"),
     pytest.param(["--recipe", "fast90", "--set", "model.options.widths=[8, 16, 16]", "--set", "train.batch_size=100"],
@@ -202,8 +213,10 @@ def test_a_pruned_run_resumes_exactly_and_is_fine_tuned_like_any_run(synthetic_r
                  "--data-dir", str(synthetic_root), "--out", str(tuned), "--no-report"]) == 0  # fmt: skip
     model = load_checkpoint(tuned).model
     assert model[-1].out_features == 2 and model[3].out_channels == 8  # a fresh head on the pruned trunk (16 → 8)
+    assert whole.config.optim.distill_from == str(source / "checkpoints" / "best")  # the unpruned net teaches
     for _ in range(2):  # default folders: runs/<source>-pruned, then -2
-        small_prune(source, None, "unstructured", 0.5, synthetic_root, "train.epochs=1")
+        alone = small_prune(source, None, "unstructured", 0.5, synthetic_root, "train.epochs=1", distill=False)
+        assert alone.config.optim.distill_from is None
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["source-pruned", "source-pruned-2"]
 
 
@@ -228,6 +241,7 @@ def test_prune_from_the_command_line_on_real_data(real_root, tmp_path):
     assert (run / "metrics.jsonl").is_file()
     config = resolve(config_file=str(run / "config.yaml"))
     assert config.model.resized and config.finetune.source == "runs/tiny-pruned/checkpoints/pruned"
+    assert config.optim.distill_from == "runs/tiny/checkpoints/best"  # fine-tuned learning from the unpruned net too
     result = json.loads((run / "eval.json").read_text())
     evaluated = json.loads(cli("eval", run, "--json", "--data-dir", real_root))
     assert evaluated["accuracy"] == result["accuracy"] and evaluated["num_images"] == 10000

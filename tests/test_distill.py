@@ -1,0 +1,113 @@
+"""Knowledge distillation (`optim.distill_from`): the loss is the softened KL to the teacher
+mixed with the labels' cross-entropy, the teacher sees the pixels the way it learnt them, all
+weight on the teacher leaves the labels out of training, and bad settings are one error line."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cifarlab
+from cifarlab.config import OptimConfig
+from cifarlab.data import splits as splits_module
+from cifarlab.engine.checkpoint import load_checkpoint
+from cifarlab.engine.distill import Teacher
+from helpers import CIFAR10_CLASSES, train_until, write_source_checkpoint
+from test_bad_inputs import assert_refused, checkpoint
+
+MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)  # the student's normalization; the teacher's is other
+
+
+def test_the_loss_mixes_the_labels_loss_with_the_softened_kl_on_the_pixels_as_the_teacher_saw_them(tmp_path):
+    folder = write_source_checkpoint(tmp_path / "teacher", "lenet")  # normalized with mean (0.5, 0.4, 0.3), std 0.2
+    settings = OptimConfig(distill_from=str(folder), distill_weight=0.7, distill_temperature=3.0)
+    teacher = Teacher(settings, CIFAR10_CLASSES, MEAN, STD, torch.device("cpu"), channels_last=False)
+    pixels = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = (pixels - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    model = load_checkpoint(folder).model
+    with torch.no_grad():  # the teacher's logits on the pixels normalized its own way
+        own = model((pixels - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / 0.2)
+    ce = torch.tensor(2.5)
+    assert torch.allclose(teacher.loss(own, x, ce), 0.3 * ce, atol=1e-5)  # the same predictions: no divergence
+
+    logits = torch.randn(6, 10, generator=torch.Generator().manual_seed(1))
+    p, log_q = F.softmax(own / 3, dim=1), F.log_softmax(logits / 3, dim=1)
+    expected = 0.3 * ce + 0.7 * 9 * (p * (p.log() - log_q)).sum(1).mean()  # T² × KL(teacher ‖ net), over the batch
+    assert torch.allclose(teacher.loss(logits, x, ce), expected, atol=1e-5)
+
+
+def teacher_run_config(data_root, out, teacher, *sets):
+    return cifarlab.resolve_config("tutorial", sets=[
+        f"data.data_dir={data_root}", f"train.out={out}", "train.batch_size=20", "train.log_every=1",
+        "train.report=false", f"optim.distill_from={teacher}", *sets])  # fmt: skip
+
+
+@pytest.mark.parametrize("weight, same", [(1.0, True), (0.5, False)])
+def test_with_all_weight_on_the_teacher_the_labels_play_no_part(weight, same, synthetic_root, tmp_path, monkeypatch):
+    """Shuffle every training label: with distill_weight=1 the weights after 5 steps are
+    bit-identical; with 0.5 they are not (the labels count)."""
+    teacher = write_source_checkpoint(tmp_path / "teacher", "resnet20")
+    sets = [f"optim.distill_weight={weight}", "optim.lr=0.05"]
+    first = train_until(teacher_run_config(synthetic_root, tmp_path / "a", teacher, *sets), step=5)
+    real_load_split = splits_module.load_split
+
+    def load_with_labels_shuffled(dataset, split, *args, **kwargs):
+        data = real_load_split(dataset, split, *args, **kwargs)
+        if split == "train":
+            shuffled = data.labels[torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(1))]
+            assert (data.labels != shuffled).float().mean() > 0.8
+            data.labels[:] = shuffled
+        return data
+
+    monkeypatch.setattr(splits_module, "load_split", load_with_labels_shuffled)
+    second = train_until(teacher_run_config(synthetic_root, tmp_path / "b", teacher, *sets), step=5)
+    assert all(torch.equal(first.weights[k], second.weights[k]) for k in first.weights) == same
+
+
+def test_a_distilled_run_resumes_bit_identically(synthetic_root, tmp_path):
+    teacher = write_source_checkpoint(tmp_path / "teacher", "resnet20")
+    sets = ["train.epochs=2", "optim.distill_weight=0.8", "data.train_subset=200", "train.checkpoint_every=4"]
+    reference = cifarlab.train(teacher_run_config(synthetic_root, tmp_path / "reference", teacher, *sets), verbose=False)
+    interrupted = teacher_run_config(synthetic_root, tmp_path / "interrupted", teacher, *sets)
+    train_until(interrupted, step=15)  # `last` at step 12, in the second epoch
+    resumed = cifarlab.train(interrupted, resume=True, verbose=False)
+    a, b = (torch.load(r.dir / "checkpoints" / "last" / "state.pt", weights_only=True) for r in (reference, resumed))
+    assert a.keys() == b.keys() and json.dumps(reference.test["accuracy"]) == json.dumps(resumed.test["accuracy"])
+    assert all(torch.equal(x, y) for x, y in zip(_tensors(a), _tensors(b), strict=True))
+
+
+def _tensors(state):
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for key in sorted(state, key=str) for t in _tensors(state[key])]
+    if isinstance(state, (list, tuple)):
+        return [t for item in state for t in _tensors(item)]
+    return []
+
+
+def reordered_checkpoint(tmp):
+    """Ten classes, but in another order: its outputs would teach the wrong ones."""
+    return checkpoint(tmp, lambda meta: {**meta, "classes": meta["classes"][::-1]})
+
+
+BAD = {
+    "other-classes": (lambda t: reordered_checkpoint(t), [], "predicts other classes than this run"),
+    "missing": (lambda t: t / "nope", [], "nope' does not exist"),
+    "weight": (lambda t: checkpoint(t), ["optim.distill_weight=1.5"], "optim.distill_weight=1.5 is out of range"),
+    "temperature": (lambda t: checkpoint(t), ["optim.distill_temperature=0"], "optim.distill_temperature=0"),
+    "semi": (lambda t: checkpoint(t), ["semi.method=fixmatch", "data.labels_per_class=10"],
+             "optim.distill_from is not used with semi.method=fixmatch"),
+}
+
+
+@pytest.mark.slow  # a subprocess each
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_distillation_settings_are_one_error_line(case, synthetic_root, tmp_path):
+    make, sets, expected = BAD[case]
+    teacher = make(tmp_path)
+    args = ["train", "--recipe", "tutorial", "--epochs", "1", "--data-dir", synthetic_root, "--out", tmp_path / "run",
+            "--distill-from", teacher, *[a for s in sets for a in ("--set", s)]]  # fmt: skip
+    assert_refused(args, tmp_path, expected)
+    assert not (tmp_path / "run").exists()
