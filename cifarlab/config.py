@@ -273,6 +273,17 @@ class ActiveConfig:
         return self
 
 
+# what fixes the images a run learns labels from: a teacher of a few-label run must have learnt from exactly these
+LABEL_KEYS = ("dataset", "labels_per_class", "labelled_indices", "train_subset", "split_seed")
+
+
+def label_differences(taught: DataConfig, student: DataConfig) -> list[str]:
+    """How a teacher's labelled images differ from its student's, one 'data.KEY: X there, Y here'
+    each (none: the same images)."""
+    return [f"data.{key}: {getattr(taught, key)} there, {getattr(student, key)} here" for key in LABEL_KEYS
+            if getattr(taught, key) != getattr(student, key)]  # fmt: skip
+
+
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar100-coarse")
 _NON_NEGATIVE = (
     "data.val_size", "data.calib_size", "augment.translate", "augment.cutout", "augment.mixup_alpha",
@@ -382,13 +393,12 @@ def _validate_jsd(config: Config) -> None:
 def _validate_distill(config: Config) -> None:
     """A weight is a share of the loss; a semi-supervised step computes its own loss (labels/semi.py)."""
     o = config.optim
-    if not 0 <= o.distill_weight <= 1:
-        raise CifarlabError(f"optim.distill_weight={o.distill_weight} is out of range; it must be in [0, 1]")
+    if not 0 < o.distill_weight <= 1:
+        raise CifarlabError(f"optim.distill_weight={o.distill_weight} is out of range; it must be in (0, 1]")
     if not o.distill_temperature > 0:
         raise CifarlabError(f"optim.distill_temperature={o.distill_temperature} is out of range; it must be > 0")
     if o.distill_from and config.semi.online:
-        raise CifarlabError(f"optim.distill_from is not used with semi.method={config.semi.method}; "
-                            f"set one of them off")  # fmt: skip
+        raise CifarlabError(f"choose one of semi.method={config.semi.method} and optim.distill_from, not both")
 
 
 def choices(key: str) -> tuple[str, ...]:

@@ -55,8 +55,9 @@ from .robust import RobustnessConfig
 from .transfer import Source, finetune_config, open_source, pretrained_model, with_source
 
 # Settings a resumed run may change: they do not change the result.
+# the teacher's path may change (it moved): the run checks that it is the same net (its fingerprint)
 _RESUME_FREE_KEYS = {("data", "data_dir"), ("train", "out"), ("train", "tensorboard"), ("train", "report"),
-                     ("train", "checkpoint_epochs"), ("train", "calibrate")}  # fmt: skip
+                     ("train", "checkpoint_epochs"), ("train", "calibrate"), ("optim", "distill_from")}  # fmt: skip
 
 
 def train(config: Config | str, resume: bool = False, verbose: bool = True, callbacks=(),
@@ -135,8 +136,8 @@ def prune(source: str | Path, method: str = "channels", amount: float | None = N
         configure(config.train)
         seed_everything(config.train.seed)
         splits = make_splits(config.data)
-        if config.optim.distill_from:  # refused now, before the run's folder is made, if it cannot teach
-            Teacher(config.optim, splits.classes, splits.mean, splits.std, dev)
+        # built (or refused) before the run's folder is made
+        teacher = Teacher(config, splits, dev) if config.optim.distill_from else None
         checkpoint.model.to(dev)
         record, resized = prune_model(checkpoint, target, config.data.image_size, _importance_batches(config, splits, dev))
         record = {"source": str(checkpoint.path), **record}
@@ -154,7 +155,7 @@ def prune(source: str | Path, method: str = "channels", amount: float | None = N
                 print(f"{describe(record)}; fine-tuning for {config.train.epochs} epoch(s)")
             opened = open_source(config.finetune)
             config = with_source(config, opened)
-            run = _train(config, run_dir, _setup(config, dev, opened), False, verbose, callbacks)
+            run = _train(config, run_dir, _setup(config, dev, opened, teacher=teacher), False, verbose, callbacks)
     if verbose:
         was = record.get("source_test_accuracy")
         print(f"pruned: test accuracy {run.test['accuracy']:.2%}" + (f" (source {was:.2%})" if was is not None else "")
@@ -482,21 +483,22 @@ class _Setup:
                        _data_fingerprint(self.splits), verbose, callbacks, self.semi, self.teacher)  # fmt: skip
 
 
-def _setup(config: Config, device: torch.device, source: Source | None, resumed: Path | None = None) -> _Setup:
+def _setup(config: Config, device: torch.device, source: Source | None, resumed: Path | None = None,
+           teacher: Teacher | None = None) -> _Setup:  # fmt: skip
     """`resumed`: the folder of the run being resumed (its labelled.json holds a self-training
-    run's pseudo-labels)."""
+    run's pseudo-labels); `teacher`: optim.distill_from's, when the caller has built it."""
     configure(config.train)
     splits = make_splits(config.data)
     if config.semi.method == "selftrain":
         record = resumed / "labelled.json" if resumed is not None else None
         saved = read_json(record, "labelled.json") if record is not None and record.is_file() else None
         splits = pseudo_labelled(splits, config, device, saved)
+    if config.optim.distill_from and teacher is None:  # before the seed: loading it draws no number of the run's
+        teacher = Teacher(config, splits, device)
     seed_everything(config.train.seed)
     model, param_options = _build_model(config, len(splits.classes), source)
     loaders = _loaders(config, splits, device)
     semi = SemiObjective(config.semi) if config.semi.online else None
-    teacher = (Teacher(config.optim, splits.classes, splits.mean, splits.std, device, config.train.channels_last)
-               if config.optim.distill_from else None)  # fmt: skip
     return _Setup(model, param_options, splits, loaders, device, semi, teacher)
 
 
@@ -703,6 +705,9 @@ def active(settings: ActiveConfig, recipe: str | None = None, sets=(), seed: int
     chosen = [key for key in ("train_subset", "labels_per_class", "labelled_indices") if getattr(config.data, key) is not None]
     if chosen:
         raise CifarlabError(f"active learning chooses each round's training images itself; leave out data.{chosen[0]}")
+    if config.optim.distill_from:
+        raise CifarlabError("active learning rounds learn from the labels bought so far only; leave out "
+                            "optim.distill_from (a teacher passes on labels they have not bought)")  # fmt: skip
     images = training_file(config.data)
     settings.validate(len(images))
     folder = Path(out) if out else None
@@ -797,6 +802,7 @@ def _out_of_fold(config: Config, positions: torch.Tensor, folds: int, folder: Pa
     flags = {"data": {"labelled_indices": None, "train_subset": None, "labels_per_class": None, "val_size": 0,
                       "calib_size": 0},
              "semi": {"method": "none", "teacher": None},  # a semi-supervised run's folds learn from their labels only
+             "optim": {"distill_from": None},  # as do a distilled run's: its teacher saw the held-out folds' labels
              "train": _given({"report": False, "device": device, "epochs": epochs})}  # fmt: skip
     fold_config = resolve(flags=flags, sets=sets, base=config)
     try:

@@ -1,28 +1,36 @@
 """Knowledge distillation (`optim.distill_from`): the loss is the softened KL to the teacher
 mixed with the labels' cross-entropy, the teacher sees the pixels the way it learnt them, all
-weight on the teacher leaves the labels out of training, and bad settings are one error line."""
+weight on the teacher leaves the labels out of training, a resumed run checks its teacher, and
+bad settings (a teacher that cannot teach this run) are one error line."""
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import cifarlab
-from cifarlab.config import OptimConfig
+from cifarlab.data import make_splits
 from cifarlab.data import splits as splits_module
+from cifarlab.errors import CifarlabError
+from safetensors.torch import load_file, save_file
 from cifarlab.engine.checkpoint import load_checkpoint
 from cifarlab.engine.distill import Teacher
-from helpers import CIFAR10_CLASSES, train_until, write_source_checkpoint
+from helpers import train_until, write_run_checkpoint, write_source_checkpoint
 from test_bad_inputs import assert_refused, checkpoint
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)  # the student's normalization; the teacher's is other
 
 
-def test_the_loss_mixes_the_labels_loss_with_the_softened_kl_on_the_pixels_as_the_teacher_saw_them(tmp_path):
+def test_the_loss_mixes_the_labels_loss_with_the_softened_kl_on_the_pixels_as_the_teacher_saw_them(synthetic_root,
+                                                                                                    tmp_path):  # fmt: skip
     folder = write_source_checkpoint(tmp_path / "teacher", "lenet")  # normalized with mean (0.5, 0.4, 0.3), std 0.2
-    settings = OptimConfig(distill_from=str(folder), distill_weight=0.7, distill_temperature=3.0)
-    teacher = Teacher(settings, CIFAR10_CLASSES, MEAN, STD, torch.device("cpu"), channels_last=False)
+    config = cifarlab.resolve_config("tutorial", sets=[
+        f"data.data_dir={synthetic_root}", f"data.mean={list(MEAN)}", f"data.std={list(STD)}",
+        f"optim.distill_from={folder}", "optim.distill_weight=0.7", "optim.distill_temperature=3"])  # fmt: skip
+    teacher = Teacher(config, make_splits(config.data), torch.device("cpu"))
     pixels = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     x = (pixels - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     model = load_checkpoint(folder).model
@@ -46,10 +54,13 @@ def teacher_run_config(data_root, out, teacher, *sets):
 @pytest.mark.parametrize("weight, same", [(1.0, True), (0.5, False)])
 def test_with_all_weight_on_the_teacher_the_labels_play_no_part(weight, same, synthetic_root, tmp_path, monkeypatch):
     """Shuffle every training label: with distill_weight=1 the weights after 5 steps are
-    bit-identical; with 0.5 they are not (the labels count)."""
+    bit-identical (and not those after 1: the teacher moved them); with 0.5 they are not (the
+    labels count)."""
     teacher = write_source_checkpoint(tmp_path / "teacher", "resnet20")
     sets = [f"optim.distill_weight={weight}", "optim.lr=0.05"]
     first = train_until(teacher_run_config(synthetic_root, tmp_path / "a", teacher, *sets), step=5)
+    early = train_until(teacher_run_config(synthetic_root, tmp_path / "early", teacher, *sets), step=1)
+    assert not all(torch.equal(first.weights[k], early.weights[k]) for k in first.weights)
     real_load_split = splits_module.load_split
 
     def load_with_labels_shuffled(dataset, split, *args, **kwargs):
@@ -65,16 +76,32 @@ def test_with_all_weight_on_the_teacher_the_labels_play_no_part(weight, same, sy
     assert all(torch.equal(first.weights[k], second.weights[k]) for k in first.weights) == same
 
 
-def test_a_distilled_run_resumes_bit_identically(synthetic_root, tmp_path):
-    teacher = write_source_checkpoint(tmp_path / "teacher", "resnet20")
+def with_teacher(config, path):
+    return dataclasses.replace(config, optim=dataclasses.replace(config.optim, distill_from=str(path)))
+
+
+def test_a_distilled_run_resumes_bit_identically_with_its_teacher_moved_but_not_changed(synthetic_root, tmp_path):
+    """A 200-image run (a few-label run: its teacher learnt from the same 200 labels), stopped
+    in its second epoch; its teacher then moves, and the resumed run, given the new path, ends
+    as one that never stopped. Another teacher is refused."""
     sets = ["train.epochs=2", "optim.distill_weight=0.8", "data.train_subset=200", "train.checkpoint_every=4"]
+    teacher = write_run_checkpoint(tmp_path / "teacher", synthetic_root, "resnet20", sets=["data.train_subset=200"])
     reference = cifarlab.train(teacher_run_config(synthetic_root, tmp_path / "reference", teacher, *sets), verbose=False)
     interrupted = teacher_run_config(synthetic_root, tmp_path / "interrupted", teacher, *sets)
     train_until(interrupted, step=15)  # `last` at step 12, in the second epoch
-    resumed = cifarlab.train(interrupted, resume=True, verbose=False)
+    moved = shutil.move(teacher, tmp_path / "moved")
+    resumed = cifarlab.train(with_teacher(interrupted, moved), resume=True, verbose=False)
     a, b = (torch.load(r.dir / "checkpoints" / "last" / "state.pt", weights_only=True) for r in (reference, resumed))
     assert a.keys() == b.keys() and json.dumps(reference.test["accuracy"]) == json.dumps(resumed.test["accuracy"])
     assert all(torch.equal(x, y) for x, y in zip(_tensors(a), _tensors(b), strict=True))
+
+    other = shutil.copytree(moved, tmp_path / "other")
+    weights = load_file(other / "model.safetensors")
+    save_file({k: v + 1e-3 if v.is_floating_point() else v for k, v in weights.items()}, other / "model.safetensors")
+    stopped = with_teacher(teacher_run_config(synthetic_root, tmp_path / "stopped", moved, *sets), moved)
+    train_until(stopped, step=5)
+    with pytest.raises(CifarlabError, match="is not the net this run learnt from"):
+        cifarlab.train(with_teacher(stopped, other), resume=True, verbose=False)
 
 
 def _tensors(state):
@@ -96,9 +123,17 @@ BAD = {
     "other-classes": (lambda t: reordered_checkpoint(t), [], "predicts other classes than this run"),
     "missing": (lambda t: t / "nope", [], "nope' does not exist"),
     "weight": (lambda t: checkpoint(t), ["optim.distill_weight=1.5"], "optim.distill_weight=1.5 is out of range"),
+    "weight-0": (lambda t: checkpoint(t), ["optim.distill_weight=0"], "optim.distill_weight=0"),
     "temperature": (lambda t: checkpoint(t), ["optim.distill_temperature=0"], "optim.distill_temperature=0"),
     "semi": (lambda t: checkpoint(t), ["semi.method=fixmatch", "data.labels_per_class=10"],
-             "optim.distill_from is not used with semi.method=fixmatch"),
+             "choose one of semi.method=fixmatch and optim.distill_from"),
+    "few-labels": (lambda t: checkpoint(t), ["data.labels_per_class=10"],
+                   "learnt from other labels than this run (data.labels_per_class: None there, 10 here)"),
+    "image-size": (lambda t: checkpoint(t, lambda meta: {**meta, "config": {**meta["config"], "data": {
+        **meta["config"]["data"], "dataset": "folder:photos", "image_size": 64}}}), [],
+        "learnt from 64-pixel images, this run trains on 32-pixel"),
+    "low-res": (lambda t: checkpoint(t), ["model.name=resnet20", "train.low_res=24", "train.low_res_share=0.5"],
+                "its model lenet does not take the 24×24 images this run trains on"),
 }
 
 

@@ -19,7 +19,7 @@ import cifarlab
 from cifarlab.cli import main
 from cifarlab.compress import PruneTarget, prune_channels, prune_model
 from cifarlab.compress.channels import ROOT_TYPES, _units
-from cifarlab.compress.prune import DISTILL_TEMPERATURE, DISTILL_WEIGHT, LR_FACTOR, pruned_config
+from cifarlab.compress.prune import LR_FACTOR, pruned_config
 from cifarlab.config import from_dict, resolve
 from cifarlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from cifarlab.errors import CifarlabError
@@ -157,14 +157,16 @@ def small_prune(source, out, method, amount, data_root, *sets, **kwargs):
                           verbose=False, **kwargs)  # fmt: skip
 
 
-def test_fine_tuning_learns_from_the_unpruned_net_unless_told_not_to():
-    source = resolve("resnet20")
+def test_fine_tuning_learns_from_the_unpruned_net_unless_told_not_to_or_semi_supervised():
+    source = resolve("resnet20", sets=["optim.distill_from=runs/b", "optim.distill_weight=0.9"])  # a distilled run
     taught = pruned_config(source, "channels", 3, teacher="runs/a/checkpoints/best")
     assert taught.optim.distill_from == "runs/a/checkpoints/best"
-    assert (taught.optim.distill_weight, taught.optim.distill_temperature) == (DISTILL_WEIGHT, DISTILL_TEMPERATURE)
+    assert (taught.optim.distill_weight, taught.optim.distill_temperature) == (0.5, 4.0)  # optim's defaults
     assert taught.optim.lr == pytest.approx(source.optim.lr * LR_FACTOR) and taught.train.epochs == 3
     assert pruned_config(source, "channels", 3).optim.distill_from is None
-    assert pruned_config(source, "channels", 3, sets=["optim.distill_weight=0.9"], teacher="x").optim.distill_weight == 0.9
+    assert pruned_config(source, "channels", 3, sets=["optim.distill_weight=0.8"], teacher="x").optim.distill_weight == 0.8
+    fixmatch = resolve(sets=["semi.method=fixmatch", "data.labels_per_class=10"])  # its step computes its own loss
+    assert pruned_config(fixmatch, "channels", 3, teacher="x").optim.distill_from is None
 
 
 @pytest.mark.parametrize("recipe_flags", [

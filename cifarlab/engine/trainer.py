@@ -28,6 +28,7 @@ from ..data import DeviceLoader, SemiLoader, Splits
 from ..data.augment import shrink
 from ..errors import CifarlabError
 from ..fileio import write_json
+from ..models import takes_side
 from ..robust.adversarial import Adversary, held_out_check, training_attack
 from ..robust.consistency import jensen_shannon
 from . import distributed
@@ -191,15 +192,9 @@ class Trainer:
     def _check_takes(self, side: int) -> None:
         """Fail now, not after the first shrunk step, if the model needs full-size images (LeNet's
         fixed-size flatten). In eval mode, so BatchNorm's running statistics stay as they were."""
-        training = self.model.training
-        try:
-            with torch.no_grad():
-                self.model.eval()(torch.zeros(2, 3, side, side, device=self.device))
-        except RuntimeError:
+        if not takes_side(self.model, side, self.device):
             raise CifarlabError(f"train.low_res={side}: model {self.config.model.name} does not take {side}×{side} "
-                                f"images; set train.low_res=0 or a larger side") from None  # fmt: skip
-        finally:
-            self.model.train(training)
+                                f"images; set train.low_res=0 or a larger side")  # fmt: skip
 
     @property
     def eval_model(self) -> nn.Module:
@@ -480,6 +475,7 @@ class Trainer:
             "world_size": distributed.world_size(),
             "threads": torch.get_num_threads(),
             "data_fingerprint": self.data_fingerprint,
+            "teacher_fingerprint": self.teacher.fingerprint if self.teacher is not None else None,
             "kept": self.kept,
             "train_model": self.model.state_dict() if self.ema is not None else None,
             "ema_state": self.ema.state_dict() if self.ema is not None else None,
@@ -540,13 +536,17 @@ class Trainer:
         return True
 
     def _check_resumable(self, state: dict, last: Path) -> None:
-        """The same data, and the thread count the run used (CPU sums are ordered by threads:
+        """The same data and teacher, and the thread count the run used (CPU sums are ordered by threads:
         another count changes the last bits, so the run would not end as an uninterrupted one)."""
         if state.get("data_fingerprint", self.data_fingerprint) != self.data_fingerprint:
             raise CifarlabError(
                 f"the data found now ({self.config.data.dataset} in {self.config.data.data_dir or 'the default folders'}) "
                 f"differs from the data this run trained on; resume with the run's data (--data-dir)"
             )
+        teacher = self.teacher.fingerprint if self.teacher is not None else None
+        if state.get("teacher_fingerprint") != teacher:
+            raise CifarlabError(f"the teacher found now (optim.distill_from: {self.config.optim.distill_from}) is not "
+                                f"the net this run learnt from; resume with that one (--set optim.distill_from=PATH)")  # fmt: skip
         threads = state.get("threads")
         if threads and not self.config.train.threads and threads != torch.get_num_threads():
             if self.verbose:

@@ -13,15 +13,13 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, SemiConfig
+from ..config import Config, SemiConfig, label_differences
 from ..data import ImageSet, Splits
 from ..engine.checkpoint import load_checkpoint
 from ..engine.inference import checkpoint_loader, class_probabilities
 from ..engine.runtime import autocast
 from ..errors import CifarlabError
 
-# what fixes a run's labelled images: a teacher must have learnt from exactly the student's
-LABEL_KEYS = ("dataset", "labels_per_class", "split_seed")
 
 
 def pseudo_labels(probabilities: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,11 +93,10 @@ def _teacher_labels(splits: Splits, config: Config, device: torch.device) -> tup
     semi = config.semi
     checkpoint = load_checkpoint(semi.teacher, device)
     taught = checkpoint.config()
-    differ = [key for key in LABEL_KEYS if getattr(taught.data, key) != getattr(config.data, key)]
+    differ = label_differences(taught.data, config.data)
     if differ or checkpoint.classes != splits.classes:
-        what = [f"data.{key}: {getattr(taught.data, key)} there, {getattr(config.data, key)} here" for key in differ]
         raise CifarlabError(f"semi.teacher '{semi.teacher}' learnt from other labels than this run "
-                            f"({'; '.join(what) or 'other classes'}): a teacher must have learnt from exactly the "
+                            f"({'; '.join(differ) or 'other classes'}): a teacher must have learnt from exactly the "
                             f"student's labels")  # fmt: skip
     pool = splits.unlabelled
     hidden = ImageSet(pool.images, torch.zeros(len(pool.images), dtype=torch.long), pool.classes)  # the loader wants labels

@@ -99,6 +99,20 @@ class ModelStats:
     mflops: float  # forward pass of one 32×32 image, in millions of FLOPs (a multiply-add = 2)
 
 
+def takes_side(model: nn.Module, side: int, device: torch.device | str | None = None) -> bool:
+    """Whether `model` runs on side×side images (LeNet's fixed-size flatten runs on 32×32 only).
+    In eval mode, so BatchNorm's running statistics stay as they were."""
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, 3, side, side, device=device))
+        return True
+    except RuntimeError:
+        return False
+    finally:
+        model.train(training)
+
+
 def model_stats(model: nn.Module | str, image_size: int = 32) -> ModelStats:
     """Parameter count and FLOPs per image, counted by torch.utils.flop_counter. A name is
     built on the meta device: shapes only, no memory and no initialization, so counting all
