@@ -4,8 +4,9 @@ Pruning (`cifarlab prune`, channels.py / sparsity.py / prune.py): channels (stru
 torch-pruning: smaller layers, fewer MACs) or weights (unstructured zeros: the same compute).
 A pruned run is an ordinary fine-tuning run: its `finetune.source` is the pruned checkpoint
 kept in its checkpoints/pruned/, its `model.resized` rebuilds the smaller net, and it trains
-with the source run's recipe at 0.3x its lrs; eval, predict, report, finetune --from and
-train --resume treat it like any other run.
+with the source run's recipe at 0.3x its lrs, learning the unpruned net's predictions too
+(engine/distill.py); eval, predict, report, finetune --from and train --resume treat it like
+any other run.
 
 int8 quantization (quantize.py) and export to ONNX / torch.export (export.py).
 
