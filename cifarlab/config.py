@@ -273,14 +273,19 @@ class ActiveConfig:
         return self
 
 
-# what fixes the images a run learns labels from: a teacher of a few-label run must have learnt from exactly these
-LABEL_KEYS = ("dataset", "labels_per_class", "labelled_indices", "train_subset", "split_seed")
+# each chooses the images a run learns labels from (a run takes one of them): a few-label run
+FEW_LABEL_KEYS = ("train_subset", "labels_per_class", "labelled_indices")
+# what fixes those images: a teacher of a few-label run must have learnt from exactly the same
+LABEL_KEYS = ("dataset", *FEW_LABEL_KEYS, "split_seed")
 
 
 def label_differences(taught: DataConfig, student: DataConfig) -> list[str]:
     """How a teacher's labelled images differ from its student's, one 'data.KEY: X there, Y here'
-    each (none: the same images)."""
-    return [f"data.{key}: {getattr(taught, key)} there, {getattr(student, key)} here" for key in LABEL_KEYS
+    each (none: the same images). A train_subset is drawn after the held-out splits, so their
+    sizes count too; labels_per_class carves them out of its images, a labelled_indices file
+    (compared by its path) likewise."""
+    keys = LABEL_KEYS + (("val_size", "calib_size") if student.train_subset is not None else ())
+    return [f"data.{key}: {getattr(taught, key)} there, {getattr(student, key)} here" for key in keys
             if getattr(taught, key) != getattr(student, key)]  # fmt: skip
 
 
@@ -434,7 +439,7 @@ def _validate_dataset(data: DataConfig) -> None:
             raise CifarlabError(f"data.dataset={data.dataset!r}: a class subset needs two or more comma-separated names")
         if data.image_size != 32:
             raise CifarlabError(f"data.image_size={data.image_size}: CIFAR images are 32×32; it is for folder: datasets")
-    chosen = [key for key in ("train_subset", "labels_per_class", "labelled_indices") if getattr(data, key) is not None]
+    chosen = [key for key in FEW_LABEL_KEYS if getattr(data, key) is not None]
     if len(chosen) > 1:
         raise CifarlabError(f"choose one of data.{' and data.'.join(chosen)}, not {'both' if len(chosen) == 2 else 'all'}")
 

@@ -34,7 +34,7 @@ from .compress.bench import measure
 from .compress.export import save_onnx
 from .compress.prune import TAYLOR_BATCHES
 from .compress.quantize import quantize_int8, require_packages
-from .config import ActiveConfig, Config, QuantizeConfig, from_dict, read_yaml, resolve, validate
+from .config import FEW_LABEL_KEYS, ActiveConfig, Config, QuantizeConfig, from_dict, read_yaml, resolve, validate
 from .data import DeviceLoader, ImageSet, SemiLoader, Splits, make_splits, stratified_indices, training_file
 from .engine import distributed
 from .engine.calibration import describe_fit, fit_record
@@ -131,6 +131,10 @@ def prune(source: str | Path, method: str = "channels", amount: float | None = N
         raise CifarlabError(f"'{source}' holds an ONNX model ({checkpoint.model.path}); prune the float run it came from")
     config = pruned_config(checkpoint.config(), method, finetune_epochs, out, data_dir, device, sets,
                            str(checkpoint.path) if distill else None)  # fmt: skip
+    # the normalization the fine-tuning run will take from its source (with_source), now: the teacher's inputs
+    # are renormalized from the splits made below
+    config = dataclasses.replace(config, data=dataclasses.replace(
+        config.data, mean=config.data.mean or list(checkpoint.mean), std=config.data.std or list(checkpoint.std)))
     source_run = _run_folder(checkpoint.path)
     with distributed.session(config.train.device) as dev:
         configure(config.train)
@@ -702,7 +706,7 @@ def active(settings: ActiveConfig, recipe: str | None = None, sets=(), seed: int
     flags = {"data": _given({"val_size": 0, "calib_size": 0, "data_dir": data_dir}),
              "train": _given({"seed": seed, "epochs": epochs, "device": device, "report": False})}  # fmt: skip
     config = resolve(recipe, flags=flags, sets=sets)
-    chosen = [key for key in ("train_subset", "labels_per_class", "labelled_indices") if getattr(config.data, key) is not None]
+    chosen = [key for key in FEW_LABEL_KEYS if getattr(config.data, key) is not None]
     if chosen:
         raise CifarlabError(f"active learning chooses each round's training images itself; leave out data.{chosen[0]}")
     if config.optim.distill_from:

@@ -10,12 +10,12 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 import cifarlab
 from cifarlab.data import make_splits
 from cifarlab.data import splits as splits_module
 from cifarlab.errors import CifarlabError
-from safetensors.torch import load_file, save_file
 from cifarlab.engine.checkpoint import load_checkpoint
 from cifarlab.engine.distill import Teacher
 from helpers import train_until, write_run_checkpoint, write_source_checkpoint
@@ -98,10 +98,21 @@ def test_a_distilled_run_resumes_bit_identically_with_its_teacher_moved_but_not_
     other = shutil.copytree(moved, tmp_path / "other")
     weights = load_file(other / "model.safetensors")
     save_file({k: v + 1e-3 if v.is_floating_point() else v for k, v in weights.items()}, other / "model.safetensors")
-    stopped = with_teacher(teacher_run_config(synthetic_root, tmp_path / "stopped", moved, *sets), moved)
+    stopped = teacher_run_config(synthetic_root, tmp_path / "stopped", moved, *sets)
     train_until(stopped, step=5)
     with pytest.raises(CifarlabError, match="is not the net this run learnt from"):
         cifarlab.train(with_teacher(stopped, other), resume=True, verbose=False)
+    with pytest.raises(CifarlabError, match="this run learnt from a teacher; resume it with that one"):
+        cifarlab.train(dataclasses.replace(stopped, optim=dataclasses.replace(stopped.optim, distill_from=None)),
+                       resume=True, verbose=False)  # fmt: skip
+
+
+def test_active_learning_refuses_a_teacher(synthetic_root, tmp_path):
+    """Its rounds may learn only from the labels bought so far; a teacher knows the others."""
+    with pytest.raises(CifarlabError, match="leave out optim.distill_from"):
+        cifarlab.active(cifarlab.ActiveConfig(start=100, budget=50, rounds=1, strategy="margin"), recipe="tutorial", out=tmp_path / "active",
+                        data_dir=str(synthetic_root), sets=[f"optim.distill_from={tmp_path}"], verbose=False)  # fmt: skip
+    assert not (tmp_path / "active").exists()
 
 
 def _tensors(state):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, label_differences
+from ..config import FEW_LABEL_KEYS, Config, label_differences
 from ..data import Splits
 from ..errors import CifarlabError
 from ..models import takes_side
@@ -37,7 +37,7 @@ class Teacher:
                                 f"must know the student's classes, in the same order")  # fmt: skip
         taught = checkpoint.config().data if "config" in checkpoint.meta else None
         data = config.data
-        if any(getattr(data, key) is not None for key in ("labels_per_class", "labelled_indices", "train_subset")):
+        if any(getattr(data, key) is not None for key in FEW_LABEL_KEYS):
             differ = label_differences(taught, data) if taught else ["its run's settings are not saved"]
             if differ:
                 raise CifarlabError(f"optim.distill_from '{path}' learnt from other labels than this run "
@@ -61,7 +61,8 @@ class Teacher:
         self.weight, self.temperature = config.optim.distill_weight, config.optim.distill_temperature
         digest = hashlib.blake2b(digest_size=16)
         for name, tensor in sorted(self.model.state_dict().items()):
-            digest.update(name.encode() + tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+            raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+            digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)};".encode() + raw.numpy().tobytes())
         self.fingerprint = digest.hexdigest()  # a resumed run checks that it learns from the same net
 
     def loss(self, logits: torch.Tensor, x: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:

@@ -543,10 +543,13 @@ class Trainer:
                 f"the data found now ({self.config.data.dataset} in {self.config.data.data_dir or 'the default folders'}) "
                 f"differs from the data this run trained on; resume with the run's data (--data-dir)"
             )
-        teacher = self.teacher.fingerprint if self.teacher is not None else None
-        if state.get("teacher_fingerprint") != teacher:
-            raise CifarlabError(f"the teacher found now (optim.distill_from: {self.config.optim.distill_from}) is not "
-                                f"the net this run learnt from; resume with that one (--set optim.distill_from=PATH)")  # fmt: skip
+        saved, teacher = state.get("teacher_fingerprint"), self.teacher.fingerprint if self.teacher else None
+        if saved != teacher:
+            raise CifarlabError(
+                "this run learnt without a teacher; resume it without optim.distill_from" if saved is None else
+                "this run learnt from a teacher; resume it with that one (--set optim.distill_from=PATH)" if teacher is None
+                else f"the teacher found now (optim.distill_from: {self.config.optim.distill_from}) is not the net this "
+                     f"run learnt from; resume with that one (--set optim.distill_from=PATH)")  # fmt: skip
         threads = state.get("threads")
         if threads and not self.config.train.threads and threads != torch.get_num_threads():
             if self.verbose:

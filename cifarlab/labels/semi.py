@@ -21,7 +21,6 @@ from ..engine.runtime import autocast
 from ..errors import CifarlabError
 
 
-
 def pseudo_labels(probabilities: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard pseudo-labels (the top class) and the mask of the images whose top probability
     reaches `threshold`: only those teach, online (FixMatch, pseudo) and from a teacher alike."""
