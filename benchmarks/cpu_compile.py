@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ import cifarlab
 from cifarlab.engine import distributed
 from cifarlab.engine.runtime import hardware, resolved_precision
 from cifarlab.run import build_trainer
+from cpu_precision import seconds  # this folder is the script's first import path
 
 
 def trainer(args, compiled: bool, folder: Path):
@@ -42,10 +42,7 @@ def trainer(args, compiled: bool, folder: Path):
 
 def steps(built, batches, count: int) -> float:
     """Mean seconds per training step over `count` steps."""
-    start = time.perf_counter()
-    for _ in range(count):
-        built.train_step(*next(batches))
-    return (time.perf_counter() - start) / count
+    return seconds(lambda: built.train_step(*next(batches)), count)
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ LR_FACTOR = 0.3
 # fine-tuning also learns the unpruned net's predictions (engine/distill.py) at optim's default weight (0.5) and
 # temperature (4). Pruned to 0.5x the MACs, 3 epochs, one seed each: a 30-epoch ResNet-20 85.72% without,
 # 86.47% at weight 0.5, 85.84% at 0.9; `fast` seed 1 93.00% without, 93.19% at 0.5; seed 0 93.58%, 93.49%
-DISTILLED = OptimConfig()
 
 
 @dataclass
@@ -141,7 +140,7 @@ def pruned_config(source: Config, method: str, epochs: int, out: str | None = No
         "optim": {"lr": _scaled(o.lr), "warmup_epochs": 0.0,
                   "groups": {role: {"lr": _scaled(g["lr"])} for role, g in o.groups.items() if "lr" in g},
                   "distill_from": None if source.semi.online else teacher,
-                  "distill_weight": DISTILLED.distill_weight, "distill_temperature": DISTILLED.distill_temperature},
+                  "distill_weight": OptimConfig.distill_weight, "distill_temperature": OptimConfig.distill_temperature},
         "finetune": {"source": None, "arch": None, "strategy": "full", "layer_decay": 1.0, "keep_head": True,
                      "keep_zeros": method == "unstructured"},
     }  # fmt: skip
