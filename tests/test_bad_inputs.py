@@ -183,6 +183,9 @@ CASES = {
     "low-res-fixed-size-model": (lambda t, r: [*TRAIN, "--data-dir", r, "--out", "run", "--epochs", "2", "--set",
                                                "train.low_res=16", "--set", "train.low_res_share=0.5"],
                                  "model lenet does not take 16×16 images"),
+    "low-res-vit": (lambda t, r: [*TRAIN, "--model", "vit_lite_7_4", "--data-dir", r, "--out", "run", "--epochs", "2",
+                                  "--set", "train.low_res=16", "--set", "train.low_res_share=0.5"],
+                    "model vit_lite_7_4 does not take 16×16 images"),  # torchvision's ViT asserts its image size
     "drop-easy-all": (lambda t, r: [*TRAIN, "--set", "train.drop_easy=1", "--set", "train.drop_easy_share=0.5"],
                       "train.drop_easy=1.0 is out of range"),
     "drop-easy-every-epoch": (lambda t, r: [*TRAIN, "--set", "train.drop_easy=0.3", "--set", "train.drop_easy_share=1"],
