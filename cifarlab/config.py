@@ -279,16 +279,6 @@ FEW_LABEL_KEYS = ("train_subset", "labels_per_class", "labelled_indices")
 LABEL_KEYS = ("dataset", *FEW_LABEL_KEYS, "split_seed")
 
 
-def label_differences(taught: DataConfig, student: DataConfig) -> list[str]:
-    """How a teacher's labelled images differ from its student's, one 'data.KEY: X there, Y here'
-    each (none: the same images). A train_subset is drawn after the held-out splits, so their
-    sizes count too; labels_per_class carves them out of its images, a labelled_indices file
-    (compared by its path) likewise."""
-    keys = LABEL_KEYS + (("val_size", "calib_size") if student.train_subset is not None else ())
-    return [f"data.{key}: {getattr(taught, key)} there, {getattr(student, key)} here" for key in keys
-            if getattr(taught, key) != getattr(student, key)]  # fmt: skip
-
-
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar100-coarse")
 _NON_NEGATIVE = (
     "data.val_size", "data.calib_size", "augment.translate", "augment.cutout", "augment.mixup_alpha",

@@ -13,8 +13,8 @@ import torch
 
 from cifarlab import run as run_module
 from cifarlab.cli import main
-from cifarlab.config import ActiveConfig, from_dict, read_yaml, resolve
-from cifarlab.data import make_splits, training_file, write_labelled_indices
+from cifarlab.config import ActiveConfig, DataConfig, from_dict, read_yaml, resolve
+from cifarlab.data import label_differences, make_splits, training_file, write_labelled_indices
 from cifarlab.errors import CifarlabError
 from cifarlab.labels import strategies
 from cifarlab.labels.strategies import k_center_greedy, select
@@ -220,3 +220,23 @@ def test_bad_input_is_one_error_line_and_writes_nothing(args, message, synthetic
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert files() == before
+
+
+def test_labelled_indices_files_are_the_same_labels_when_they_list_the_same_positions(tmp_path):
+    """A teacher's labelled_indices file is compared by what it lists, not by where it lies."""
+    files = {"given": "[5, 1, 3]", "copy/moved": "[1, 3, 5]", "record": '{"indices": [3, 5, 1]}', "other": "[1, 3, 6]",
+             "corrupt": "[1, 3"}  # fmt: skip
+    for name, text in files.items():
+        (tmp_path / f"{name}.json").parent.mkdir(exist_ok=True)
+        (tmp_path / f"{name}.json").write_text(text)
+
+    def data(name: str) -> DataConfig:
+        return DataConfig(labelled_indices=str(tmp_path / f"{name}.json"))
+
+    assert label_differences(data("given"), data("copy/moved")) == []
+    assert label_differences(data("record"), data("given")) == []
+    for name in ("other", "corrupt", "missing"):
+        assert label_differences(data("given"), data(name)) == [
+            f"data.labelled_indices: {tmp_path / 'given.json'} there, {tmp_path / name}.json here"]
+    (tmp_path / "given.json").write_text("[1, 3, 6]")  # rewritten in place: no longer what the copy lists
+    assert label_differences(data("given"), data("copy/moved")) != []

@@ -4,7 +4,7 @@ from .datasets import DATASETS, ImageSet, channel_stats, get_spec, load_classes,
 from .download import download
 from .loader import DeviceLoader
 from .folder import read_image, read_image_folder
-from .labelled import write_labelled_indices
+from .labelled import label_differences, write_labelled_indices
 from .splits import Splits, make_splits, per_class_indices, stratified_indices, training_file
 from .unlabelled import SemiLoader
 
@@ -15,6 +15,7 @@ __all__ = [
     "ImageSet",
     "download",
     "get_spec",
+    "label_differences",
     "load_classes",
     "load_split",
     "locate",

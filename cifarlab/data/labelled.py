@@ -13,19 +13,14 @@ from pathlib import Path
 
 import torch
 
+from ..config import LABEL_KEYS, DataConfig
 from ..errors import CifarlabError
 from ..fileio import read_json, write_json
 
 
 def read_labelled_indices(path: str | Path, size: int) -> torch.Tensor:
     """The positions in the file, sorted, checked against a training file of `size` images."""
-    values = read_json(path, "data.labelled_indices file")
-    if isinstance(values, dict):  # a run's record
-        values = values.get("indices")
-    if not isinstance(values, list) or not values or not all(type(v) is int for v in values):
-        raise CifarlabError(f"data.labelled_indices file '{path}' must be a non-empty JSON list of integers "
-                            f"(positions in the training file), or a run's labelled.json")  # fmt: skip
-    indices = torch.tensor(values, dtype=torch.long)
+    indices = _listed(path)
     outside = indices[(indices < 0) | (indices >= size)]
     if len(outside):
         raise CifarlabError(f"data.labelled_indices file '{path}': position {int(outside[0])} is outside the "
@@ -34,6 +29,38 @@ def read_labelled_indices(path: str | Path, size: int) -> torch.Tensor:
     if len(unique) < len(indices):
         raise CifarlabError(f"data.labelled_indices file '{path}' names an image twice; list each position once")
     return unique
+
+
+def _listed(path: str | Path) -> torch.Tensor:
+    """The positions the file lists, in its order, unchecked against any training file."""
+    values = read_json(path, "data.labelled_indices file")
+    if isinstance(values, dict):  # a run's record
+        values = values.get("indices")
+    if not isinstance(values, list) or not values or not all(type(v) is int for v in values):
+        raise CifarlabError(f"data.labelled_indices file '{path}' must be a non-empty JSON list of integers "
+                            f"(positions in the training file), or a run's labelled.json")  # fmt: skip
+    return torch.tensor(values, dtype=torch.long)
+
+
+def label_differences(taught: DataConfig, student: DataConfig) -> list[str]:
+    """How a teacher's labelled images differ from its student's, one 'data.KEY: X there, Y here'
+    each (none: the same images). A train_subset is drawn after the held-out splits, so their
+    sizes count too; labels_per_class carves them out of its images, a labelled_indices file
+    likewise. Two labelled_indices files are the same when they list the same positions: a run
+    copied elsewhere reads its file from another path, and a file rewritten in place is not the
+    one its run learnt from."""
+    keys = LABEL_KEYS + (("val_size", "calib_size") if student.train_subset is not None else ())
+    return [f"data.{key}: {getattr(taught, key)} there, {getattr(student, key)} here" for key in keys
+            if not _same(key, getattr(taught, key), getattr(student, key))]  # fmt: skip
+
+
+def _same(key: str, there, here) -> bool:
+    if key != "labelled_indices" or None in (there, here):
+        return there == here
+    try:
+        return torch.equal(_listed(there).unique(), _listed(here).unique())
+    except CifarlabError:  # unreadable: nothing shows they are the same
+        return False
 
 
 def write_labelled_indices(path: str | Path, indices: torch.Tensor) -> None:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import FEW_LABEL_KEYS, Config, label_differences
-from ..data import Splits
+from ..config import FEW_LABEL_KEYS, Config
+from ..data import Splits, label_differences
 from ..errors import CifarlabError
 from ..models import takes_side
 from .checkpoint import load_checkpoint

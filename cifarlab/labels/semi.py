@@ -13,8 +13,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, SemiConfig, label_differences
-from ..data import ImageSet, Splits
+from ..config import Config, SemiConfig
+from ..data import ImageSet, Splits, label_differences
 from ..engine.checkpoint import load_checkpoint
 from ..engine.inference import checkpoint_loader, class_probabilities
 from ..engine.runtime import autocast
