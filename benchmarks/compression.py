@@ -1,8 +1,8 @@
 """The compression trade-off of a trained run, made with cifarlab's own commands and timed side
 by side by `cifarlab bench`. Prints JSON.
 
-    python benchmarks/compression.py RUN [--work DIR] [--macs-ratio 0.5] [--finetune-epochs 3]
-                                         [--threads T] [--results FILE.json] [--make-only]
+    python benchmarks/compression.py RUN [--work DIR] [--macs-ratio 0.5] [--allocation uniform|global]
+                                         [--finetune-epochs 3] [--threads T] [--results FILE.json] [--make-only]
 
 Variants (in --work, default benchmarks/work/<run>; one already there is reused, so a rerun
 only re-times):
@@ -10,8 +10,8 @@ only re-times):
 - fp32 ONNX: `cifarlab export RUN` (what ONNX Runtime alone gives, without int8);
 - sparse: `cifarlab prune RUN --method unstructured --amount 0.5` (half the weights zero; the
   same MACs, so no time should be saved);
-- pruned: `cifarlab prune RUN --macs-ratio R --finetune-epochs E` (channels), and its fp32 ONNX
-  export;
+- pruned: `cifarlab prune RUN --macs-ratio R --allocation A --finetune-epochs E` (channels; a
+  global allocation's variants are named `-pruned-global`), and its fp32 ONNX export;
 - int8 and pruned + int8: `cifarlab quantize ... --int8` (ONNX Runtime, 1,000 calibration images).
 
 `goals` compares them with the source run (PyTorch fp32, the first row): int8 ≥ 2× throughput
@@ -37,12 +37,13 @@ from cifarlab.run import bench
 NO_REPORT = ["train.report=false"]
 
 
-def variants(run: Path, work: Path, macs_ratio: float, epochs: int) -> dict[str, Path]:
+def variants(run: Path, work: Path, macs_ratio: float, epochs: int, allocation: str = "uniform") -> dict[str, Path]:
     """Make (or reuse) every variant; returns them by role, the source first."""
     name = run.name
+    pruned = f"{name}-pruned" + ("" if allocation == "uniform" else f"-{allocation}")
     paths = {"fp32": run, "fp32 onnx": work / f"{name}.onnx", "sparse": work / f"{name}-sparse",
-             "pruned": work / f"{name}-pruned", "pruned onnx": work / f"{name}-pruned.onnx",
-             "int8": work / f"{name}-int8", "pruned int8": work / f"{name}-pruned-int8"}  # fmt: skip
+             "pruned": work / pruned, "pruned onnx": work / f"{pruned}.onnx",
+             "int8": work / f"{name}-int8", "pruned int8": work / f"{pruned}-int8"}  # fmt: skip
     work.mkdir(parents=True, exist_ok=True)
     if not paths["fp32 onnx"].is_file():
         cifarlab.export_model(run, "onnx", paths["fp32 onnx"])
@@ -50,7 +51,7 @@ def variants(run: Path, work: Path, macs_ratio: float, epochs: int) -> dict[str,
         cifarlab.prune(run, "unstructured", amount=0.5, finetune_epochs=epochs, out=str(paths["sparse"]), sets=NO_REPORT)
     if not (paths["pruned"] / "eval.json").is_file():
         cifarlab.prune(run, "channels", macs_ratio=macs_ratio, finetune_epochs=epochs, out=str(paths["pruned"]),
-                       sets=NO_REPORT)  # fmt: skip
+                       sets=NO_REPORT, allocation=allocation)  # fmt: skip
     if not paths["pruned onnx"].is_file():
         cifarlab.export_model(paths["pruned"], "onnx", paths["pruned onnx"])
     for source, target in ((run, "int8"), (paths["pruned"], "pruned int8")):
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--work", type=Path, help="where the variants go (default: benchmarks/work/<run>)")
     parser.add_argument("--macs-ratio", type=float, default=0.5)
+    parser.add_argument("--allocation", default="uniform", help="how pruning shares the channels among layers")
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, help="CPU threads for the timings (default: torch's)")
     parser.add_argument("--calls", type=int, default=200)
@@ -97,12 +99,13 @@ def main() -> None:
                                                                  "the machine alone; making them does not)")  # fmt: skip
     args = parser.parse_args()
     work = args.work or Path("benchmarks/work") / args.run.name
-    paths = variants(args.run, work, args.macs_ratio, args.finetune_epochs)
+    paths = variants(args.run, work, args.macs_ratio, args.finetune_epochs, args.allocation)
     if args.make_only:
         return
     table, _ = bench(list(paths.values()), work, args.threads, args.calls)
     rows = dict(zip(paths, table["rows"]))
-    report = {"run": str(args.run), "macs_ratio_target": args.macs_ratio, "finetune_epochs": args.finetune_epochs,
+    report = {"run": str(args.run), "macs_ratio_target": args.macs_ratio, "allocation": args.allocation,
+              "finetune_epochs": args.finetune_epochs,
               "torch": torch.__version__, "goals": goals(rows), "bench": table}  # fmt: skip
     print(format_table(table), flush=True)
     text = json.dumps(report, indent=2)

@@ -105,10 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", help="make a trained net smaller (channels) or sparse, fine-tune it, test once")
     prune.add_argument("source", metavar="RUN", help="a run directory (its best checkpoint, else last) or checkpoint")
     prune.add_argument("--amount", type=float, metavar="A",
-                       help="fraction to remove, 0 < A < 1: of each group of coupled channels (unstructured: of all weights)")  # fmt: skip
+                       help="fraction to remove, 0 < A < 1: of the channels (unstructured: of all weights)")  # fmt: skip
     prune.add_argument("--macs-ratio", type=float, metavar="R", help="channels: keep this fraction of the MACs, 0 < R < 1")
     prune.add_argument("--method", default="channels",
                        help="channels (default): smaller layers, fewer MACs | unstructured: zeroed weights, same MACs")  # fmt: skip
+    prune.add_argument("--allocation", default="uniform",
+                       help="channels: uniform (default): every group loses the same share | global: the least "
+                            "important channels of the whole net go, more from groups with many weak ones")  # fmt: skip
     prune.add_argument("--finetune-epochs", type=int, default=3, metavar="E",
                        help="epochs of the run's own recipe at 0.3× its lrs (default: 3)")  # fmt: skip
     prune.add_argument("--no-distill", dest="distill", action="store_false",
@@ -406,7 +409,7 @@ def _prune(args) -> None:
     from .run import prune
 
     prune(args.source, args.method, args.amount, args.macs_ratio, args.finetune_epochs, args.out, args.data_dir,
-          args.device, args.set, args.distill)  # fmt: skip
+          args.device, args.set, args.distill, args.allocation)  # fmt: skip
 
 
 def _eval(args) -> None:

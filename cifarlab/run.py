@@ -115,15 +115,16 @@ def finetune(source: str, target: str, strategy: str | None = None, *, arch: str
 
 def prune(source: str | Path, method: str = "channels", amount: float | None = None, macs_ratio: float | None = None,
           finetune_epochs: int = 3, out: str | None = None, data_dir: str | None = None, device: str | None = None,
-          sets=(), distill: bool = True, verbose: bool = True, callbacks=()) -> Run:  # fmt: skip
+          sets=(), distill: bool = True, allocation: str = "uniform", verbose: bool = True, callbacks=()) -> Run:  # fmt: skip
     """Prune the net of the run (or checkpoint) `source`, fine-tune it for `finetune_epochs`
     with that run's recipe at 0.3× its lrs (`distill`: learning from the unpruned net too),
     and test once; returns the new run, which
     also holds prune.json (what was removed, MACs and parameters before and after) and the
-    pruned net before fine-tuning (checkpoints/pruned). `amount`: the fraction of each group
-    of coupled channels to remove (unstructured: of all weights); `macs_ratio`: instead, the
-    fraction of the MACs to keep. Default folder: runs/<source run>-pruned (then -2, -3, …)."""
-    target = PruneTarget(method, amount, macs_ratio)
+    pruned net before fine-tuning (checkpoints/pruned). `amount`: the fraction of the channels
+    to remove (unstructured: of all weights); `macs_ratio`: instead, the fraction of the MACs to
+    keep; `allocation`: uniform (each group of coupled channels loses `amount` of its own) or
+    global (the least important channels of the whole net). Default folder: runs/<source run>-pruned (then -2, -3, …)."""
+    target = PruneTarget(method, amount, macs_ratio, allocation)
     if os.environ.get("WORLD_SIZE", "1") != "1":
         raise CifarlabError("prune runs in one process; continue its run under torchrun with `train --out RUN --resume`")
     checkpoint = load_checkpoint(source)

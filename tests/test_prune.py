@@ -4,6 +4,7 @@ nets rebuild from their config; --macs-ratio is met; unstructured zeros survive 
 a pruned run resumes, evaluates, predicts and is fine-tuned like any other; bad input is one
 error line."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from torch import nn
 import cifarlab
 from cifarlab.cli import main
 from cifarlab.compress import PruneTarget, prune_channels, prune_model
-from cifarlab.compress.channels import ROOT_TYPES, _units
+from cifarlab.compress.channels import ROOT_TYPES, _units, channel_scores, kept_channels
 from cifarlab.compress.prune import LR_FACTOR, pruned_config
 from cifarlab.config import from_dict, resolve
 from cifarlab.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -62,15 +63,20 @@ def kill_channels(model: nn.Module, x: torch.Tensor, amount: float) -> int:
             n = len(group[0].idxs)
             chosen = torch.randperm(n, generator=generator)[: n - max(1, int(n * (1 - amount)))].tolist()
             killed += len(chosen)
-            for dep, idxs in unit.graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, chosen):
-                layer, index = dep.target.module, torch.tensor([int(i) for i in idxs])
-                if isinstance(layer, (*ROOT_TYPES, nn.modules.batchnorm._BatchNorm)):
-                    out = unit.graph.is_out_channel_pruning_fn(dep.handler)  # else: the channels are its inputs
-                    with torch.no_grad():
-                        layer.weight.index_fill_(0 if out else 1, index, 0.0)
-                        if out and layer.bias is not None:
-                            layer.bias.index_fill_(0, index, 0.0)
+            zero_channels(unit, group, chosen)
     return killed
+
+
+def zero_channels(unit, group, chosen: list[int]) -> None:
+    """Zero the `chosen` channels of `group` in every layer they pass through."""
+    for dep, idxs in unit.graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, chosen):
+        layer, index = dep.target.module, torch.tensor([int(i) for i in idxs])
+        if isinstance(layer, (*ROOT_TYPES, nn.modules.batchnorm._BatchNorm)):
+            out = unit.graph.is_out_channel_pruning_fn(dep.handler)  # else: the channels are its inputs
+            with torch.no_grad():
+                layer.weight.index_fill_(0 if out else 1, index, 0.0)
+                if out and layer.bias is not None:
+                    layer.bias.index_fill_(0, index, 0.0)
 
 
 # ------------------------------------------------------------------------------ what is removed
@@ -112,6 +118,40 @@ def test_taylor_importance_over_steps_removes_the_dead_channels():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_a_global_allocation_takes_the_weakest_channels_of_the_whole_net():
+    scores = {"a": torch.tensor([0.1, 0.2, 3.0, 0.7]), "b": torch.ones(4), "c": torch.tensor([0.05, 1.95])}
+    assert kept_channels(scores, 0.3) == {"a": 2, "b": 4, "c": 1}  # 0.05, 0.1 and 0.2 go
+    assert kept_channels(scores, 0.99) == {"a": 1, "b": 1, "c": 1}  # at least one stays
+    tied = {"a": torch.zeros(4), "b": torch.tensor([0.0, 2.0])}
+    assert kept_channels(tied, 0.5) == {"a": 1, "b": 2}  # exactly 3 of the 5 zeros go, not all of them
+
+
+def test_a_global_allocation_removes_dead_channels_wherever_they_are():
+    """Dead channels in one group only: a global allocation of as many removes exactly them (no
+    logit changes) and leaves the other groups whole; a uniform one takes live channels."""
+    model, x = lively("resnet20"), torch.randn(4, 3, 32, 32)
+    unit = next(unit for unit in _units(model, x) if unit.channels)
+    root, group = next(iter(unit.groups()))
+    dead = [0, 3, 5, 6, 9, 12]
+    zero_channels(unit, group, dead)
+    with torch.no_grad():
+        before = model(x)
+    widths = {name: m.out_channels for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    scores = channel_scores(model, x)
+    name = next(name for name, module in model.named_modules() if module is root)
+    amount = len(dead) / sum(len(s) for s in scores.values())
+    kept = kept_channels(scores, amount)
+    assert kept == {n: len(s) - (len(dead) if n == name else 0) for n, s in scores.items()}
+    uniform = copy.deepcopy(model)
+    prune_channels(model, x, kept, steps=2)
+    prune_channels(uniform, x, amount)
+    assert {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)} == {
+        **widths, name: widths[name] - len(dead)}
+    with torch.no_grad():
+        assert (model(x) - before).abs().max() <= 1e-5 * before.abs().max()
+        assert (uniform(x) - before).abs().max() > 1e-3 * before.abs().max()
+
+
 def test_a_net_with_nothing_to_prune_is_refused():
     with pytest.raises(CifarlabError, match="finds no group of channels it can remove"):
         prune_channels(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)), torch.randn(1, 3, 32, 32), 0.5)
@@ -141,13 +181,29 @@ def test_resized_names_what_it_cannot_apply():
             create_model("resnet20", resized=resized)
 
 
-def test_macs_ratio_is_reached_within_its_tolerance(tmp_path):
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_macs_ratio_is_reached_within_its_tolerance(allocation, tmp_path):
     source = load_checkpoint(write_source_checkpoint(tmp_path / "source", "resnet20"))
-    record, _ = prune_model(source, PruneTarget(macs_ratio=0.6), 32)
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+    record, resized = prune_model(source, PruneTarget(macs_ratio=0.6, allocation=allocation), 32,
+                                  lambda step: [(x, y)])  # fmt: skip
     assert abs(record["macs_ratio"] - 0.6) <= 0.02 and 0 < record["amount"] < 1
     assert record["macs_ratio"] == record["macs_after"] / record["macs_before"]
+    assert record["allocation"] == allocation and record["importance"] == "taylor"
+    assert all(p.grad is None for p in source.model.parameters())
+    inner = {resized[f"blocks.{i}.conv1"]["out_channels"] for i in range(3)}  # 16 channels each in the first stage
+    assert len(inner) == 1 if allocation == "uniform" else len(inner) > 1
+    if allocation == "global":  # the sizes the bisection chose are those the scores give at the amount found
+        fresh = load_checkpoint(tmp_path / "source").model
+        kept = kept_channels(channel_scores(fresh, x[:1], [(x, y)]), record["amount"])
+        widths = {name: resized.get(name, {}).get("out_channels", fresh.get_submodule(name).out_channels) for name in kept}
+        assert widths == kept
+
+
+def test_a_macs_ratio_below_what_pruning_can_reach_is_refused(tmp_path):
+    source = load_checkpoint(write_source_checkpoint(tmp_path / "source", "resnet20"))
     with pytest.raises(CifarlabError, match="the fewest MACs it reaches are"):  # the residual streams stay whole
-        prune_model(load_checkpoint(tmp_path / "source"), PruneTarget(macs_ratio=0.01), 32)
+        prune_model(source, PruneTarget(macs_ratio=0.01), 32)
 
 
 # ------------------------------------------------------------------------------ pruned runs
@@ -281,6 +337,10 @@ BAD = {
                        "unknown pruning method 'magic'; choose one of: channels, unstructured"),
     "macs-unstructured": (lambda t: [checkpoint(t), "--macs-ratio", "0.5", "--method", "unstructured"],
                           "--macs-ratio needs --method channels"),
+    "unknown-allocation": (lambda t: [checkpoint(t), "--amount", "0.5", "--allocation", "even"],
+                           "unknown allocation 'even'; choose one of: uniform, global"),
+    "allocation-unstructured": (lambda t: [checkpoint(t), "--amount", "0.5", "--method", "unstructured", "--allocation",
+                                           "global"], "--allocation is for --method channels"),
     "epochs-0": (lambda t: [checkpoint(t), "--amount", "0.5", "--finetune-epochs", "0"], "train.epochs=0 is out of range"),
     "no-run": (lambda t: ["nope", "--amount", "0.5"], "'nope' does not exist"),
     "no-checkpoint": (lambda t: [empty_run(t), "--amount", "0.5"], "has no checkpoint yet"),

@@ -3,9 +3,12 @@
 A channel can only go everywhere at once: from the conv that makes it, the BatchNorm that
 normalizes it, every layer it feeds, and every other branch of a residual sum or a
 concatenation it is part of. torch_pruning traces the net's autograd graph and returns these
-couplings as groups; each group keeps `1 - amount` of its channels, chosen by importance
-(Taylor: |weight × gradient| on training batches; or the weights' L2 norm), over a few
-steps, so that each step's importance sees the net the earlier ones left.
+couplings as groups. How many channels each group keeps is its allocation: `uniform`, the
+same share of every group; or `global`, the channels that score highest over the whole net,
+each group's scores divided by their mean so that groups compare (torch_pruning's global
+pruning), so that a layer with many weak channels gives more. Which ones go is chosen by
+importance (Taylor: |weight × gradient| on training batches; or the weights' L2 norm), over
+a few steps, so that each step's importance sees the net the earlier ones left.
 
 What the tracer cannot map is left whole rather than guessed:
 - a group that reaches the traced module's input or output (the image channels, the logits);
@@ -21,7 +24,8 @@ from __future__ import annotations
 import importlib
 import re
 import warnings
-from typing import Callable, Iterable
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -81,16 +85,20 @@ class _Unit:
             else:
                 self.kept += [dep.target.module for dep, _ in group if self.graph.is_out_channel_pruning_fn(dep.handler)]
 
-    def prune(self, keep: float, importance: Callable) -> None:
-        """Leave each group `keep` of its channels at the start (at least one), dropping the least
+    def groups(self):
+        """(root layer, group) of every prunable group, as the net is now."""
+        for group in self.graph.get_all_groups(ignored_layers=self.kept, root_module_types=ROOT_TYPES):
+            yield group[0].dep.target.module, group
+
+    def prune(self, sizes: dict[nn.Module, int], importance: Callable) -> None:
+        """Leave each group the channels `sizes` gives its root layer, dropping the least
         important. Every group is scored first: pruning one changes the index maps of others."""
         plan = []
-        for group in self.graph.get_all_groups(ignored_layers=self.kept, root_module_types=ROOT_TYPES):
-            root, handler = group[0].dep.target.module, group[0].dep.handler
+        for root, group in self.groups():
             scores = importance(group)
-            drop = len(group[0].idxs) - max(1, int(self.channels[root] * keep + 1e-9))
+            drop = len(group[0].idxs) - sizes[root]
             if scores is not None and drop > 0:
-                plan.append((root, handler, scores.argsort()[:drop].tolist()))
+                plan.append((root, group[0].dep.handler, scores.argsort()[:drop].tolist()))
         for root, handler, idxs in plan:
             self.graph.get_pruning_group(root, handler, idxs).prune()
 
@@ -138,26 +146,89 @@ def _units(module: nn.Module, example: torch.Tensor) -> list[_Unit]:
     return [unit for child, x in inputs.items() if next(child.parameters(), None) is not None for unit in _units(child, x)]
 
 
-def prune_channels(model: nn.Module, example: torch.Tensor, amount: float, steps: int = 1,
+ALLOCATIONS = ("uniform", "global")  # uniform: prune_channels with a share; global: with kept_channels' counts
+
+
+def channel_scores(model: nn.Module, example: torch.Tensor, batches: Iterable | None = None) -> dict[str, torch.Tensor]:
+    """Each prunable group's channel importance, by its root layer's name, divided by its mean:
+    Taylor's on the gradients of `batches` ((images, labels) pairs) when given, else the
+    weights' L2 norm. `example` is one input batch, for tracing."""
+    units = _prunable_units(model, example)
+    importance = _importance(batches is not None)
+    names = {module: name for name, module in model.named_modules()}
+    with _scoring(model):
+        if batches is not None:
+            _accumulate_gradients(model, batches)
+        scored = ((names[root], importance(group)) for unit in units for root, group in unit.groups())
+        return {name: s.detach().cpu().nan_to_num(0.0) for name, s in scored if s is not None}  # 0/0: a group all 0
+
+
+def kept_channels(scores: dict[str, torch.Tensor], amount: float) -> dict[str, int]:
+    """How many channels each group keeps when the `amount` share of all of them with the lowest
+    scores go (ties broken by position; at least one stays in each group)."""
+    pooled = torch.cat(list(scores.values()))
+    dropped = torch.zeros(len(pooled), dtype=torch.long)
+    dropped[pooled.argsort(stable=True)[: int(len(pooled) * amount + 1e-9)]] = 1
+    counts = dropped.split([len(s) for s in scores.values()])
+    return {name: max(1, len(s) - int(c.sum())) for (name, s), c in zip(scores.items(), counts)}
+
+
+def prune_channels(model: nn.Module, example: torch.Tensor, amount: float | dict[str, int], steps: int = 1,
                    batches: Callable[[int], Iterable] | None = None) -> None:  # fmt: skip
-    """Remove `amount` of the channels of every prunable group of `model`, in place, in
-    `steps` equal steps. With `batches` (step → (images, labels) batches) the importance is
-    Taylor's, on gradients of those batches; without, the weights' L2 norm. `example` is one
-    input batch, for tracing."""
-    tp = import_torch_pruning()
-    was_training = model.training
-    model.eval()  # tracing, and the gradients, with BatchNorm's running statistics (which stay as they are)
-    units = [unit for unit in _units(model, example) if unit.channels]
+    """Prune `model` in place, in `steps` equal steps: `amount` of every group's channels (a
+    share), or down to the channels `amount` gives each group by root layer name (as
+    `kept_channels` gives; a group it does not name stays whole). With `batches` (step →
+    (images, labels) batches) the importance is Taylor's, on gradients of those batches;
+    without, the weights' L2 norm."""
+    units = _prunable_units(model, example)
+    start = {root: n for unit in units for root, n in unit.channels.items()}
+    final = None
+    if isinstance(amount, dict):
+        final = {root: amount.get(name, start[root]) for name, root in model.named_modules() if root in start}
+
+    def size(root: nn.Module, n: int, step: int) -> int:
+        if final is None:
+            return _uniform(n, amount * step / steps)
+        return n - round((n - final[root]) * step / steps)  # reaches final[root] at the last step
+
+    importance = _importance(batches is not None)
+    with _scoring(model):
+        for step in range(1, steps + 1):
+            if batches:
+                _accumulate_gradients(model, batches(step))
+            sizes = {root: size(root, n, step) for root, n in start.items()}
+            for unit in units:
+                unit.prune(sizes, importance)
+
+
+def _uniform(channels: int, amount: float) -> int:
+    return max(1, int(channels * (1 - amount) + 1e-9))
+
+
+def _prunable_units(model: nn.Module, example: torch.Tensor) -> list[_Unit]:
+    with _scoring(model):
+        units = [unit for unit in _units(model, example) if unit.channels]
     if not units:
         raise CifarlabError("channel pruning finds no group of channels it can remove in this net")
-    importance = tp.importance.GroupTaylorImportance() if batches else tp.importance.GroupMagnitudeImportance()
-    for step in range(1, steps + 1):
-        if batches:
-            _accumulate_gradients(model, batches(step))
-        for unit in units:
-            unit.prune(1 - amount * step / steps, importance)
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
+    return units
+
+
+def _importance(taylor: bool):
+    tp = import_torch_pruning()
+    return tp.importance.GroupTaylorImportance() if taylor else tp.importance.GroupMagnitudeImportance()
+
+
+@contextmanager
+def _scoring(model: nn.Module) -> Iterator[None]:
+    """Eval mode (tracing and gradients with BatchNorm's running statistics, which stay as they
+    are), gradients cleared after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
 
 
 def _accumulate_gradients(model: nn.Module, batches: Iterable) -> None:

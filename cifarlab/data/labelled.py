@@ -46,9 +46,9 @@ def label_differences(taught: DataConfig, student: DataConfig) -> list[str]:
     """How a teacher's labelled images differ from its student's, one 'data.KEY: X there, Y here'
     each (none: the same images). A train_subset is drawn after the held-out splits, so their
     sizes count too; labels_per_class carves them out of its images, a labelled_indices file
-    likewise. Two labelled_indices files are the same when they list the same positions: a run
-    copied elsewhere reads its file from another path, and a file rewritten in place is not the
-    one its run learnt from."""
+    likewise. Two labelled_indices files are the same when they list the same positions (a run
+    copied elsewhere reads its file from another path); a file both name, rewritten since the
+    teacher learnt, goes unseen."""
     keys = LABEL_KEYS + (("val_size", "calib_size") if student.train_subset is not None else ())
     return [f"data.{key}: {getattr(taught, key)} there, {getattr(student, key)} here" for key in keys
             if not _same(key, getattr(taught, key), getattr(student, key))]  # fmt: skip
