@@ -32,6 +32,7 @@ import torch
 
 import cifarlab
 from cifarlab.compress.bench import format_table
+from cifarlab.compress.channels import ALLOCATIONS
 from cifarlab.run import bench
 
 NO_REPORT = ["train.report=false"]
@@ -90,7 +91,8 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--work", type=Path, help="where the variants go (default: benchmarks/work/<run>)")
     parser.add_argument("--macs-ratio", type=float, default=0.5)
-    parser.add_argument("--allocation", default="uniform", help="how pruning shares the channels among layers")
+    parser.add_argument("--allocation", default="uniform", choices=ALLOCATIONS,
+                        help="how pruning shares the channels among layers")
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, help="CPU threads for the timings (default: torch's)")
     parser.add_argument("--calls", type=int, default=200)

@@ -4,11 +4,11 @@ A channel can only go everywhere at once: from the conv that makes it, the Batch
 normalizes it, every layer it feeds, and every other branch of a residual sum or a
 concatenation it is part of. torch_pruning traces the net's autograd graph and returns these
 couplings as groups. How many channels each group keeps is its allocation: `uniform`, the
-same share of every group; or `global`, the channels that score highest over the whole net,
-each group's scores divided by their mean so that groups compare (torch_pruning's global
-pruning), so that a layer with many weak channels gives more. Which ones go is chosen by
-importance (Taylor: |weight × gradient| on training batches; or the weights' L2 norm), over
-a few steps, so that each step's importance sees the net the earlier ones left.
+same share of every group; or `global`, as many as score highest over the whole net on the
+unpruned net's importance, each group's scores divided by their mean to compare across groups
+(torch_pruning's global pruning): a layer with many weak channels gives more. Which ones go is
+chosen by importance (Taylor: |weight × gradient| on training batches; or the weights' L2
+norm), over a few steps, each step's importance scored anew on the net the earlier ones left.
 
 What the tracer cannot map is left whole rather than guessed:
 - a group that reaches the traced module's input or output (the image channels, the logits);
@@ -215,7 +215,8 @@ def _prunable_units(model: nn.Module, example: torch.Tensor) -> list[_Unit]:
 
 def _importance(taylor: bool):
     tp = import_torch_pruning()
-    return tp.importance.GroupTaylorImportance() if taylor else tp.importance.GroupMagnitudeImportance()
+    kind = tp.importance.GroupTaylorImportance if taylor else tp.importance.GroupMagnitudeImportance
+    return kind(normalizer="mean")  # each group's scores over their mean: kept_channels compares groups
 
 
 @contextmanager
