@@ -55,6 +55,11 @@ class DataConfig:
     mean: list[float] | None = None  # normalization; None = the dataset's published train statistics
     std: list[float] | None = None
 
+    @property
+    def few_labels(self) -> list[str]:
+        """The FEW_LABEL_KEYS this config sets (a valid one sets at most one)."""
+        return [key for key in FEW_LABEL_KEYS if getattr(self, key) is not None]
+
 
 @dataclass
 class AugmentConfig:
@@ -275,8 +280,6 @@ class ActiveConfig:
 
 # each chooses the images a run learns labels from (a run takes one of them): a few-label run
 FEW_LABEL_KEYS = ("train_subset", "labels_per_class", "labelled_indices")
-# what fixes those images: a teacher of a few-label run must have learnt from exactly the same
-LABEL_KEYS = ("dataset", *FEW_LABEL_KEYS, "split_seed")
 
 
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar100-coarse")
@@ -429,7 +432,7 @@ def _validate_dataset(data: DataConfig) -> None:
             raise CifarlabError(f"data.dataset={data.dataset!r}: a class subset needs two or more comma-separated names")
         if data.image_size != 32:
             raise CifarlabError(f"data.image_size={data.image_size}: CIFAR images are 32×32; it is for folder: datasets")
-    chosen = [key for key in FEW_LABEL_KEYS if getattr(data, key) is not None]
+    chosen = data.few_labels
     if len(chosen) > 1:
         raise CifarlabError(f"choose one of data.{' and data.'.join(chosen)}, not {'both' if len(chosen) == 2 else 'all'}")
 

@@ -34,7 +34,7 @@ from .compress.bench import measure
 from .compress.export import save_onnx
 from .compress.prune import TAYLOR_BATCHES
 from .compress.quantize import quantize_int8, require_packages
-from .config import FEW_LABEL_KEYS, ActiveConfig, Config, QuantizeConfig, from_dict, read_yaml, resolve, validate
+from .config import ActiveConfig, Config, QuantizeConfig, from_dict, read_yaml, resolve, validate
 from .data import DeviceLoader, ImageSet, SemiLoader, Splits, make_splits, stratified_indices, training_file
 from .engine import distributed
 from .engine.calibration import describe_fit, fit_record
@@ -52,7 +52,7 @@ from .labels import LabelIssues, SemiObjective, active_learning, pseudo_labelled
 from .labels.audit import check_folds, checkpoint_probabilities, issues, out_of_fold_probabilities, require_cleanlab, write_csv
 from .models import create_model
 from .robust import RobustnessConfig
-from .transfer import Source, finetune_config, open_source, pretrained_model, with_source
+from .transfer import Source, finetune_config, open_source, pretrained_model, source_normalization, with_source
 
 # Settings a resumed run may change: they do not change the result.
 # the teacher's path may change (it moved): the run checks that it is the same net (its fingerprint)
@@ -134,8 +134,7 @@ def prune(source: str | Path, method: str = "channels", amount: float | None = N
                            str(checkpoint.path) if distill else None)  # fmt: skip
     # the normalization the fine-tuning run will take from its source (with_source), now: the teacher's inputs
     # are renormalized from the splits made below
-    config = dataclasses.replace(config, data=dataclasses.replace(
-        config.data, mean=config.data.mean or list(checkpoint.mean), std=config.data.std or list(checkpoint.std)))
+    config = dataclasses.replace(config, data=source_normalization(config.data, checkpoint.mean, checkpoint.std))
     source_run = _run_folder(checkpoint.path)
     with distributed.session(config.train.device) as dev:
         configure(config.train)
@@ -707,7 +706,7 @@ def active(settings: ActiveConfig, recipe: str | None = None, sets=(), seed: int
     flags = {"data": _given({"val_size": 0, "calib_size": 0, "data_dir": data_dir}),
              "train": _given({"seed": seed, "epochs": epochs, "device": device, "report": False})}  # fmt: skip
     config = resolve(recipe, flags=flags, sets=sets)
-    chosen = [key for key in FEW_LABEL_KEYS if getattr(config.data, key) is not None]
+    chosen = config.data.few_labels
     if chosen:
         raise CifarlabError(f"active learning chooses each round's training images itself; leave out data.{chosen[0]}")
     if config.optim.distill_from:

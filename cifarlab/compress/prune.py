@@ -101,7 +101,7 @@ def _kept(amount: float, scores: dict | None) -> float | dict[str, int]:
 
 
 def _amount_for_macs(model: nn.Module, example: torch.Tensor, ratio: float, macs: int, image_size: int,
-                     scores: dict | None = None) -> float:  # fmt: skip
+                     scores: dict | None) -> float:  # fmt: skip
     """The amount whose pruned net keeps `ratio` of the MACs, by bisection on pruned copies
     (the layer sizes depend on the amount and, for a global allocation, the `scores` alone,
     not on which channels go)."""

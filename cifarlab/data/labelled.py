@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import LABEL_KEYS, DataConfig
+from ..config import FEW_LABEL_KEYS, DataConfig
 from ..errors import CifarlabError
 from ..fileio import read_json, write_json
 
@@ -40,6 +40,10 @@ def _listed(path: str | Path) -> torch.Tensor:
         raise CifarlabError(f"data.labelled_indices file '{path}' must be a non-empty JSON list of integers "
                             f"(positions in the training file), or a run's labelled.json")  # fmt: skip
     return torch.tensor(values, dtype=torch.long)
+
+
+# what fixes a run's labelled images: a teacher of a few-label run must have learnt from exactly the same
+LABEL_KEYS = ("dataset", *FEW_LABEL_KEYS, "split_seed")
 
 
 def label_differences(taught: DataConfig, student: DataConfig) -> list[str]:

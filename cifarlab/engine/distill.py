@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import FEW_LABEL_KEYS, Config
+from ..config import Config
 from ..data import Splits, label_differences
 from ..errors import CifarlabError
 from ..models import takes_side
@@ -37,7 +37,7 @@ class Teacher:
                                 f"must know the student's classes, in the same order")  # fmt: skip
         taught = checkpoint.config().data if "config" in checkpoint.meta else None
         data = config.data
-        if any(getattr(data, key) is not None for key in FEW_LABEL_KEYS):
+        if data.few_labels:
             differ = label_differences(taught, data) if taught else ["its run's settings are not saved"]
             if differ:
                 raise CifarlabError(f"optim.distill_from '{path}' learnt from other labels than this run "

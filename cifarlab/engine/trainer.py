@@ -123,8 +123,10 @@ class Trainer:
         self.model = model.to(device, memory_format=memory_format)  # unwrapped: checkpoints hold its state dict
         if c.train.sync_bn:
             self.model = distributed.convert_sync_batchnorm(self.model, device)
-        if c.train.low_res:
-            self._check_takes(c.train.low_res)
+        side = c.train.low_res
+        if side and not takes_side(self.model, side, device):  # now, not after the first shrunk step
+            raise CifarlabError(f"train.low_res={side}: model {c.model.name} does not take {side}×{side} images; "
+                                f"set train.low_res=0 or a larger side")  # fmt: skip
         self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
         self.calib_loader = loaders.calib
 
@@ -188,13 +190,6 @@ class Trainer:
         """Optimizer steps from the start to `epoch` (a float): train.drop_easy's late epochs are shorter."""
         early = min(epoch, self.config.train.drop_easy_from)
         return round(early * self.steps_per_epoch + (epoch - early) * self.late_steps)
-
-    def _check_takes(self, side: int) -> None:
-        """Fail now, not after the first shrunk step, if the model needs full-size images (LeNet's
-        fixed-size flatten). In eval mode, so BatchNorm's running statistics stay as they were."""
-        if not takes_side(self.model, side, self.device):
-            raise CifarlabError(f"train.low_res={side}: model {self.config.model.name} does not take {side}×{side} "
-                                f"images; set train.low_res=0 or a larger side")  # fmt: skip
 
     @property
     def eval_model(self) -> nn.Module:

@@ -13,13 +13,14 @@ import dataclasses
 
 from torch import nn
 
-from ..config import Config, FinetuneConfig, resolve, validate
+from ..config import Config, DataConfig, FinetuneConfig, resolve, validate
 from ..errors import CifarlabError
 from ..models import create_model
 from .sources import Source, open_source
 from .surgery import apply_strategy, depth_groups, fresh_keys, keep_zeros, load_source
 
-__all__ = ["Source", "depth_groups", "finetune_config", "open_source", "pretrained_model", "with_source"]
+__all__ = ["Source", "depth_groups", "finetune_config", "open_source", "pretrained_model", "source_normalization",
+           "with_source"]
 
 
 def pretrained_model(config: Config, num_classes: int, source: Source) -> tuple[nn.Module, dict]:
@@ -47,10 +48,14 @@ def with_source(config: Config, source: Source) -> Config:
         )
     model = dataclasses.replace(config.model, name=source.arch, options={**source.options, **adapt},
                                 resized=source.resized)  # fmt: skip
-    data = config.data
-    if source.mean is not None:
-        data = dataclasses.replace(data, mean=data.mean or list(source.mean), std=data.std or list(source.std))
+    data = config.data if source.mean is None else source_normalization(config.data, source.mean, source.std)
     return validate(dataclasses.replace(config, model=model, data=data))
+
+
+def source_normalization(data: DataConfig, mean, std) -> DataConfig:
+    """`data` with the source net's normalization where it gives none: the net's features expect
+    inputs on that scale."""
+    return dataclasses.replace(data, mean=data.mean or list(mean), std=data.std or list(std))
 
 
 def default_recipe(source: Source) -> str:
