@@ -5,9 +5,10 @@
 For each seed, two arms of the `fast-semi` recipe on the same labelled images (data.split_seed
 fixes them): its semi-supervised method (fixmatch, or --method pseudo) and labels-only
 (semi.method=none; --baseline-set adds settings to this arm only, e.g. optim.label_smoothing=0.2).
-Each arm gets the same budget: it first trains a few steps (a probe, off the books) to measure
-its seconds per step here, then runs with the most epochs whose steps fit the budget less
---reserve-minutes (start-up and the final test evaluation, which both arms pay alike). Reported:
+Each arm gets the same budget (--baseline-minutes gives labels-only its own): it first trains a
+few steps (a probe, off the books) to measure its seconds per step here, then runs with the most
+epochs whose steps fit the budget less --reserve-minutes (start-up and the final test
+evaluation, which both arms pay alike). Reported:
 each arm's real train and eval seconds, its test accuracy (eval.json: the test set evaluated
 once, at the end), and semi minus labels-only in points. The probe assumes the machine's speed
 stays as it was: on a shared CPU an arm can end far from the budget (`within_budget` says).
@@ -77,7 +78,8 @@ def run_arm(args, seed: int, method: str, folder: Path, extra: list[str], minute
     except _Probe.Done:
         pass
     seconds_per_step = probe.seconds_per_step()
-    train_budget = 60 * ((minutes or args.budget_minutes) - args.reserve_minutes)
+    minutes = minutes or args.budget_minutes
+    train_budget = 60 * (minutes - args.reserve_minutes)
     epochs = max(1, int(train_budget / (seconds_per_step * probe.steps_per_epoch)))
     run = cifarlab.train(arm_config(args, seed, method, folder / f"{method}-seed{seed}", extra, epochs), verbose=False)
     test = run.test
@@ -85,7 +87,7 @@ def run_arm(args, seed: int, method: str, folder: Path, extra: list[str], minute
             "probe_seconds_per_step": round(seconds_per_step, 3), "accuracy": test["accuracy"],
             "train_seconds": round(test["train_seconds"], 1), "eval_seconds": round(test["eval_seconds"], 1),
             "total_seconds": round(test["train_seconds"] + test["eval_seconds"], 1),
-            "within_budget": test["train_seconds"] + test["eval_seconds"] <= 60 * args.budget_minutes}  # fmt: skip
+            "within_budget": test["train_seconds"] + test["eval_seconds"] <= 60 * minutes}  # fmt: skip
 
 
 def selftrain_arm(args, seed: int, folder: Path) -> dict:
@@ -117,6 +119,8 @@ def setup(args) -> dict:
     """What a result line was measured with: the summary averages only lines that agree on it."""
     measured = {"labels_per_class": args.labels_per_class, "method": args.method, "sets": args.set,
                 "baseline_sets": args.baseline_set, "budget_seconds": 60 * args.budget_minutes}  # fmt: skip
+    if args.baseline_minutes:
+        measured["baseline_budget_seconds"] = 60 * args.baseline_minutes
     if args.method == "selftrain":
         measured.update(rounds=args.rounds, thresholds=args.thresholds, student_recipe=args.student_recipe,
                         student_sets=args.student_set, teacher_minutes=args.teacher_minutes)  # fmt: skip
@@ -125,7 +129,7 @@ def setup(args) -> dict:
 
 def run_seed(args, seed: int, folder: Path) -> dict:
     semi = selftrain_arm(args, seed, folder) if args.method == "selftrain" else run_arm(args, seed, args.method, folder, [])
-    labels_only = run_arm(args, seed, "none", folder, args.baseline_set)
+    labels_only = run_arm(args, seed, "none", folder, args.baseline_set, minutes=args.baseline_minutes)
     return {
         **setup(args), "seed": seed, "semi": semi, "labels_only": labels_only,
         "gain_points": round(100 * (semi["accuracy"] - labels_only["accuracy"]), 2), "hardware": hardware(),
@@ -157,6 +161,9 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", metavar="TAU",
                         help="selftrain: semi.threshold of each round, one per round (default: the recipe's)")
     parser.add_argument("--budget-minutes", type=float, default=60.0, help="wall time per arm, all included")
+    parser.add_argument("--baseline-minutes", type=float,
+                        help="the labels-only arm's budget (default: --budget-minutes; less where it has long "
+                             "stopped improving, e.g. on 250 images)")
     parser.add_argument("--reserve-minutes", type=float, default=3.0,
                         help="of the budget, kept for start-up and the final TTA evaluation (default: 3)")
     parser.add_argument("--data-dir")
@@ -172,8 +179,9 @@ def main() -> None:
         parser.error(f"--thresholds needs one value per round ({args.rounds}), got {len(args.thresholds)}")
     if any(not 0 < tau <= 1 for tau in args.thresholds or []):
         parser.error(f"--thresholds {' '.join(map(str, args.thresholds))}: each must be in (0, 1]")
-    for name, minutes in (("--budget-minutes", args.budget_minutes), ("--teacher-minutes", args.teacher_minutes)):
-        if minutes <= args.reserve_minutes:
+    for name, minutes in (("--budget-minutes", args.budget_minutes), ("--teacher-minutes", args.teacher_minutes),
+                          ("--baseline-minutes", args.baseline_minutes)):
+        if minutes is not None and minutes <= args.reserve_minutes:
             parser.error(f"{name} {minutes} leaves no training time after --reserve-minutes {args.reserve_minutes}")
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.runs or Path(scratch)
