@@ -123,7 +123,8 @@ def prune(source: str | Path, method: str = "channels", amount: float | None = N
     pruned net before fine-tuning (checkpoints/pruned). `amount`: the fraction of the channels
     to remove (unstructured: of all weights); `macs_ratio`: instead, the fraction of the MACs to
     keep; `allocation`: uniform (each group of coupled channels loses `amount` of its own) or
-    global (the least important channels of the whole net). Default folder: runs/<source run>-pruned (then -2, -3, …)."""
+    global (the least important channels of the whole net). Default folder: runs/<source
+    run>-pruned (then -2, -3, …)."""
     target = PruneTarget(method, amount, macs_ratio, allocation)
     if os.environ.get("WORLD_SIZE", "1") != "1":
         raise CifarlabError("prune runs in one process; continue its run under torchrun with `train --out RUN --resume`")

@@ -153,10 +153,10 @@ def channel_scores(model: nn.Module, example: torch.Tensor, batches: Iterable | 
     """Each prunable group's channel importance, by its root layer's name, divided by its mean:
     Taylor's on the gradients of `batches` ((images, labels) pairs) when given, else the
     weights' L2 norm. `example` is one input batch, for tracing."""
-    units = _prunable_units(model, example)
     importance = _importance(batches is not None)
     names = {module: name for name, module in model.named_modules()}
     with _scoring(model):
+        units = _prunable_units(model, example)
         if batches is not None:
             _accumulate_gradients(model, batches)
         scored = ((names[root], importance(group)) for unit in units for root, group in unit.groups())
@@ -180,19 +180,19 @@ def prune_channels(model: nn.Module, example: torch.Tensor, amount: float | dict
     `kept_channels` gives; a group it does not name stays whole). With `batches` (step →
     (images, labels) batches) the importance is Taylor's, on gradients of those batches;
     without, the weights' L2 norm."""
-    units = _prunable_units(model, example)
-    start = {root: n for unit in units for root, n in unit.channels.items()}
-    final = None
-    if isinstance(amount, dict):
-        final = {root: amount.get(name, start[root]) for name, root in model.named_modules() if root in start}
-
-    def size(root: nn.Module, n: int, step: int) -> int:
-        if final is None:
-            return _uniform(n, amount * step / steps)
-        return n - round((n - final[root]) * step / steps)  # reaches final[root] at the last step
-
     importance = _importance(batches is not None)
     with _scoring(model):
+        units = _prunable_units(model, example)
+        start = {root: n for unit in units for root, n in unit.channels.items()}
+        final = None
+        if isinstance(amount, dict):
+            final = {root: amount.get(name, start[root]) for name, root in model.named_modules() if root in start}
+
+        def size(root: nn.Module, n: int, step: int) -> int:
+            if final is None:
+                return _uniform(n, amount * step / steps)
+            return n - round((n - final[root]) * step / steps)  # reaches final[root] at the last step
+
         for step in range(1, steps + 1):
             if batches:
                 _accumulate_gradients(model, batches(step))
@@ -206,8 +206,8 @@ def _uniform(channels: int, amount: float) -> int:
 
 
 def _prunable_units(model: nn.Module, example: torch.Tensor) -> list[_Unit]:
-    with _scoring(model):
-        units = [unit for unit in _units(model, example) if unit.channels]
+    """The units with channels to remove; traced in eval mode (see _scoring)."""
+    units = [unit for unit in _units(model, example) if unit.channels]
     if not units:
         raise CifarlabError("channel pruning finds no group of channels it can remove in this net")
     return units
