@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="channels: uniform (default): every group loses the same share | global: the least "
                             "important channels of the whole net go, more from groups with many weak ones")  # fmt: skip
     prune.add_argument("--finetune-epochs", type=int, default=3, metavar="E",
-                       help="epochs of the run's own recipe at 0.3× its lrs (default: 3)")  # fmt: skip
+                       help="epochs of the run's own recipe at 0.3× its lrs (a pruned run's: at its own) (default: 3)")  # fmt: skip
     prune.add_argument("--no-distill", dest="distill", action="store_false",
                        help="fine-tune on the labels alone, not also on the unpruned net's predictions")  # fmt: skip
     prune.add_argument("--out", help="run directory (default: runs/<RUN's name>-pruned, or -pruned-N when taken)")

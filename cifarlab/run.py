@@ -117,8 +117,8 @@ def prune(source: str | Path, method: str = "channels", amount: float | None = N
           finetune_epochs: int = 3, out: str | None = None, data_dir: str | None = None, device: str | None = None,
           sets=(), distill: bool = True, allocation: str = "uniform", verbose: bool = True, callbacks=()) -> Run:  # fmt: skip
     """Prune the net of the run (or checkpoint) `source`, fine-tune it for `finetune_epochs`
-    with that run's recipe at 0.3× its lrs (`distill`: learning from the unpruned net too),
-    and test once; returns the new run, which
+    with that run's recipe at 0.3× its lrs (a pruned run, pruned again: at its own) (`distill`:
+    learning from the unpruned net too), and test once; returns the new run, which
     also holds prune.json (what was removed, MACs and parameters before and after) and the
     pruned net before fine-tuning (checkpoints/pruned). `amount`: the fraction of the channels
     to remove (unstructured: of all weights); `macs_ratio`: instead, the fraction of the MACs to
@@ -131,12 +131,12 @@ def prune(source: str | Path, method: str = "channels", amount: float | None = N
     checkpoint = load_checkpoint(source)
     if isinstance(checkpoint.model, OnnxModel):
         raise CifarlabError(f"'{source}' holds an ONNX model ({checkpoint.model.path}); prune the float run it came from")
+    source_run = _run_folder(checkpoint.path)
     config = pruned_config(checkpoint.config(), method, finetune_epochs, out, data_dir, device, sets,
-                           str(checkpoint.path) if distill else None)  # fmt: skip
+                           str(checkpoint.path) if distill else None, (source_run / "prune.json").is_file())  # fmt: skip
     # the normalization the fine-tuning run will take from its source (with_source), now: the teacher's inputs
     # are renormalized from the splits made below
     config = dataclasses.replace(config, data=source_normalization(config.data, checkpoint.mean, checkpoint.std))
-    source_run = _run_folder(checkpoint.path)
     with distributed.session(config.train.device) as dev:
         configure(config.train)
         seed_everything(config.train.seed)

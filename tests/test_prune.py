@@ -219,6 +219,7 @@ def test_fine_tuning_learns_from_the_unpruned_net_unless_told_not_to_or_semi_sup
     assert taught.optim.distill_from == "runs/a/checkpoints/best"
     assert (taught.optim.distill_weight, taught.optim.distill_temperature) == (0.5, 4.0)  # optim's defaults
     assert taught.optim.lr == pytest.approx(source.optim.lr * LR_FACTOR) and taught.train.epochs == 3
+    assert pruned_config(taught, "channels", 3, pruned=True).optim.lr == taught.optim.lr  # pruning a pruned run
     assert pruned_config(source, "channels", 3).optim.distill_from is None
     assert pruned_config(source, "channels", 3, sets=["optim.distill_weight=0.8"], teacher="x").optim.distill_weight == 0.8
     fixmatch = resolve(sets=["semi.method=fixmatch", "data.labels_per_class=10"])  # its step computes its own loss
@@ -272,6 +273,9 @@ def test_a_pruned_run_resumes_exactly_and_is_fine_tuned_like_any_run(synthetic_r
     model = load_checkpoint(tuned).model
     assert model[-1].out_features == 2 and model[3].out_channels == 8  # a fresh head on the pruned trunk (16 → 8)
     assert whole.config.optim.distill_from == str(source / "checkpoints" / "best")  # the unpruned net teaches
+    again = small_prune(whole.dir, tmp_path / "again", "channels", 0.5, synthetic_root, "train.epochs=1")
+    assert load_checkpoint(again.dir).model[3].out_channels == 4  # pruned once more: 8 → 4
+    assert again.config.optim.lr == whole.config.optim.lr  # already the fine-tuning lr, not × LR_FACTOR once more
     for _ in range(2):  # default folders: runs/<source>-pruned, then -2
         alone = small_prune(source, None, "unstructured", 0.5, synthetic_root, "train.epochs=1", distill=False)
         assert alone.config.optim.distill_from is None

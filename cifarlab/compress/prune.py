@@ -143,19 +143,20 @@ def _resized(model: nn.Module, checkpoint: Checkpoint) -> dict:
 
 
 def pruned_config(source: Config, method: str, epochs: int, out: str | None = None, data_dir: str | None = None,
-                  device: str | None = None, sets=(), teacher: str | None = None) -> Config:  # fmt: skip
-    """The fine-tuning run's settings: the source run's own, with every lr × LR_FACTOR and no
+                  device: str | None = None, sets=(), teacher: str | None = None, pruned: bool = False) -> Config:  # fmt: skip
+    """The fine-tuning run's settings: the source run's own, with every lr × LR_FACTOR (unless
+    the source is itself a `pruned` run, whose lrs are already the fine-tuning ones) and no
     warmup, for `epochs`, the source's head kept (and, after unstructured pruning, its zeros),
     learning from `teacher` too (the unpruned net, at optim's default distillation weight and
     temperature; None, or a FixMatch or pseudo-labelling run, whose step computes its own loss:
     from the labels alone); then `sets`. The pruned checkpoint becomes `finetune.source` once
     the run has a folder."""
-    o = source.optim
+    o, factor = source.optim, 1.0 if pruned else LR_FACTOR
     flags = {
         "train": {"epochs": epochs, "out": out, **({"device": device} if device else {})},
         "data": {"data_dir": data_dir} if data_dir else {},
-        "optim": {"lr": _scaled(o.lr), "warmup_epochs": 0.0,
-                  "groups": {role: {"lr": _scaled(g["lr"])} for role, g in o.groups.items() if "lr" in g},
+        "optim": {"lr": _scaled(o.lr, factor), "warmup_epochs": 0.0,
+                  "groups": {role: {"lr": _scaled(g["lr"], factor)} for role, g in o.groups.items() if "lr" in g},
                   "distill_from": None if source.semi.online else teacher,
                   "distill_weight": OptimConfig.distill_weight, "distill_temperature": OptimConfig.distill_temperature},
         "finetune": {"source": None, "arch": None, "strategy": "full", "layer_decay": 1.0, "keep_head": True,
@@ -164,8 +165,8 @@ def pruned_config(source: Config, method: str, epochs: int, out: str | None = No
     return resolve(flags=flags, sets=sets, base=source)
 
 
-def _scaled(lr: float) -> float:
-    return float(f"{lr * LR_FACTOR:.6g}")  # 16.29, not 16.290000000000003, in config.yaml
+def _scaled(lr: float, factor: float) -> float:
+    return float(f"{lr * factor:.6g}")  # 16.29, not 16.290000000000003, in config.yaml
 
 
 def describe(record: dict) -> str:
