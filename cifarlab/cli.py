@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--macs-ratio", type=float, metavar="R", help="channels: keep this fraction of the MACs, 0 < R < 1")
     prune.add_argument("--method", default="channels",
                        help="channels (default): smaller layers, fewer MACs | unstructured: zeroed weights, same MACs")  # fmt: skip
-    prune.add_argument("--allocation", default="uniform",
+    prune.add_argument("--allocation",
                        help="channels: uniform (default): every group loses the same share | global: the least "
                             "important channels of the whole net go, more from groups with many weak ones")  # fmt: skip
     prune.add_argument("--finetune-epochs", type=int, default=3, metavar="E",

@@ -115,7 +115,7 @@ def finetune(source: str, target: str, strategy: str | None = None, *, arch: str
 
 def prune(source: str | Path, method: str = "channels", amount: float | None = None, macs_ratio: float | None = None,
           finetune_epochs: int = 3, out: str | None = None, data_dir: str | None = None, device: str | None = None,
-          sets=(), distill: bool = True, allocation: str = "uniform", verbose: bool = True, callbacks=()) -> Run:  # fmt: skip
+          sets=(), distill: bool = True, allocation: str | None = None, verbose: bool = True, callbacks=()) -> Run:  # fmt: skip
     """Prune the net of the run (or checkpoint) `source`, fine-tune it for `finetune_epochs`
     with that run's recipe at 0.3× its lrs (a pruned run, pruned again: at its own) (`distill`:
     learning from the unpruned net too), and test once; returns the new run, which

@@ -344,7 +344,7 @@ BAD = {
     "unknown-allocation": (lambda t: [checkpoint(t), "--amount", "0.5", "--allocation", "even"],
                            "unknown allocation 'even'; choose one of: uniform, global"),
     "allocation-unstructured": (lambda t: [checkpoint(t), "--amount", "0.5", "--method", "unstructured", "--allocation",
-                                           "global"], "--allocation is for --method channels"),
+                                           "uniform"], "--allocation is for --method channels"),
     "epochs-0": (lambda t: [checkpoint(t), "--amount", "0.5", "--finetune-epochs", "0"], "train.epochs=0 is out of range"),
     "no-run": (lambda t: ["nope", "--amount", "0.5"], "'nope' does not exist"),
     "no-checkpoint": (lambda t: [empty_run(t), "--amount", "0.5"], "has no checkpoint yet"),
