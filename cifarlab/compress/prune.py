@@ -46,12 +46,13 @@ class PruneTarget:
     def __post_init__(self):
         if self.method not in METHODS:
             raise CifarlabError(f"unknown pruning method '{self.method}'; choose one of: {', '.join(METHODS)}")
-        if self.allocation is not None and self.allocation not in ALLOCATIONS:
-            raise CifarlabError(f"unknown allocation '{self.allocation}'; choose one of: {', '.join(ALLOCATIONS)}")
-        if self.allocation is not None and self.method != "channels":
-            raise CifarlabError("--allocation is for --method channels; unstructured pruning takes the smallest "
-                                "weights of the whole net")  # fmt: skip
-        if self.method == "channels" and self.allocation is None:
+        if self.allocation is not None:
+            if self.allocation not in ALLOCATIONS:
+                raise CifarlabError(f"unknown allocation '{self.allocation}'; choose one of: {', '.join(ALLOCATIONS)}")
+            if self.method != "channels":
+                raise CifarlabError("--allocation is for --method channels; unstructured pruning takes the smallest "
+                                    "weights of the whole net")  # fmt: skip
+        elif self.method == "channels":
             self.allocation = "uniform"
         if (self.amount is None) == (self.macs_ratio is None):
             raise CifarlabError("give one of --amount (the fraction to remove) and --macs-ratio (the MACs to keep)")
