@@ -80,6 +80,8 @@ class AugmentConfig:
     augmix_alpha: float = 1.0  # AugMix: Dirichlet(α) weights of the chains, Beta(α, α) weight against the original
     noise_sigma: float = 0.0  # Gaussian pixel noise (of [0, 1] images), σ uniform in [0, this] per image; 0 = off
     impulse_amount: float = 0.0  # salt and pepper: a share U(0, this) per image of pixel values set to 0 or 1; 0 = off
+    brightness: float = 0.0  # every pixel value of an image shifted by U(-this, this) (of the [0, 1] range); 0 = off
+    contrast: float = 0.0  # an image's deviations from the dataset mean scaled by U(1 - this, 1 + this); 0 = off
 
 
 @dataclass
@@ -315,7 +317,7 @@ def validate(config: Config) -> Config:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [0, {limit})")
     for key, low, high in (("augment.random_erasing", 0, 1), ("augment.randaugment_magnitude", 0, 30),
                            ("augment.augmix_severity", 1, 10), ("augment.noise_sigma", 0, 1),
-                           ("augment.impulse_amount", 0, 1),
+                           ("augment.impulse_amount", 0, 1), ("augment.brightness", 0, 1), ("augment.contrast", 0, 1),
                            ("augment.policy_fraction", 0, 1), ("semi.strong_magnitude", 0, 30)):  # fmt: skip
         if not low <= flat[key] <= high:
             raise CifarlabError(f"{key}={flat[key]} is out of range; it must be in [{low}, {high}]")

@@ -141,3 +141,29 @@ def test_output_format_and_eval_loader_keeps_order():
     assert [len(y) for y in ys] == [32, 32, 6] and torch.equal(torch.cat(ys), torch.arange(70))
     x0 = next(eval_loader.epoch(0))[0]
     assert torch.allclose(x0, normalize(data.images[:32], torch.tensor(MEAN), torch.tensor(STD)))
+
+
+def test_brightness_and_contrast_jitter_shift_and_scale_each_image_by_its_own_draw():
+    data = indexed_set(64)
+
+    def first_batch(seed=0, rank=0, world_size=1, **augment):
+        loader = DeviceLoader(data, 32, MEAN, STD, AugmentConfig(translate=0, flip="none", **augment), shuffle=True,
+                              drop_last=True, seed=seed, rank=rank, world_size=world_size, channels_last=False)  # fmt: skip
+        return next(loader.epoch(1))
+
+    plain, y = first_batch()
+    brighter, _ = first_batch(brightness=0.2)
+    shift = (brighter - plain) * STD[0]  # in pixels of [0, 1] images: one value per image
+    per_image = shift.flatten(1)
+    assert torch.allclose(per_image, per_image[:, :1].expand_as(per_image), atol=1e-5)
+    assert per_image[:, 0].abs().max() <= 0.2 and per_image[:, 0].min() < -0.05 and per_image[:, 0].max() > 0.05
+    scaled, _ = first_batch(contrast=0.3)
+    scale = (scaled * plain).flatten(1).sum(1) / plain.square().flatten(1).sum(1)  # least squares, per image
+    assert torch.allclose(scaled, plain * scale.view(-1, 1, 1, 1), atol=1e-5)  # about the dataset mean (normalized 0)
+    assert (scale - 1).abs().max() <= 0.3 and scale.std() > 0.05
+    both, _ = first_batch(brightness=0.2, contrast=0.3)
+    assert torch.allclose(both, (plain + shift / STD[0]) * scale.view(-1, 1, 1, 1), atol=1e-5)
+    assert torch.equal(both, first_batch(brightness=0.2, contrast=0.3)[0])  # a function of the seed
+    assert not torch.equal(both, first_batch(seed=1, brightness=0.2, contrast=0.3)[0])
+    halves = [first_batch(rank=rank, world_size=2, brightness=0.2, contrast=0.3) for rank in (0, 1)]
+    assert torch.equal(torch.cat([h[0] for h in halves]), both) and torch.equal(torch.cat([h[1] for h in halves]), y)

@@ -202,3 +202,18 @@ def test_airbench_contrast_norm_undoes_cifar10c_contrast_and_keeps_colour(real_r
     with torch.no_grad():  # the forward pass applies it: the logits barely move, the plain net's do (0.009 vs 0.59)
         shifts = [(net(low) - net(clean)).abs().mean() / net(clean).abs().mean() for net in (plain, normed)]
     assert shifts[1] < shifts[0] / 10, shifts
+
+
+def test_airbench_activation_is_the_conv_groups_and_an_unknown_one_is_refused():
+    x = torch.randn(4, 3, 32, 32)
+    torch.manual_seed(0)
+    gelu = create_model("airbench").eval()
+    torch.manual_seed(0)
+    silu = create_model("airbench", activation="silu").eval()  # the same weights
+    assert all(torch.equal(a, b) for a, b in zip(gelu.state_dict().values(), silu.state_dict().values()))
+    group = silu.groups[0]
+    inside = torch.randn(2, 64, 8, 8)
+    assert torch.equal(group.activation(inside), F.silu(inside))
+    assert not torch.allclose(gelu(x), silu(x))
+    with pytest.raises(CifarlabError, match="bad options for model 'airbench'.*unknown activation 'relu6'.*gelu, silu"):
+        create_model("airbench", activation="relu6")

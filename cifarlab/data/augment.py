@@ -38,6 +38,7 @@ class Stream(enum.IntEnum):
     ADVERSARIAL_CHECK = 9  # robust/adversarial.py: the random starts of the epoch-end PGD check
     POLICY_FRACTION = 10  # data/loader.py: which images and views the policy leaves as they are
     IMPULSE = 11  # data/loader.py: salt-and-pepper noise (its amounts, then each batch's draws)
+    JITTER = 12  # data/loader.py: brightness shifts and contrast scales
 
 
 def keyed_seed(*key: int) -> int:
@@ -72,6 +73,8 @@ class AugmentParams:
     mix_box: torch.Tensor | None = None  # (n, 4) box pasted from the partner (CutMix)
     noise_sigma: torch.Tensor | None = None  # (n, views) std of the Gaussian pixel noise per image and augmented view
     impulse_amount: torch.Tensor | None = None  # (n, views) share of salt-and-pepper pixel values, likewise
+    brightness: torch.Tensor | None = None  # (n, views) shift of every pixel value (of [0, 1] images)
+    contrast: torch.Tensor | None = None  # (n, views) scale of the deviations from the dataset mean
 
     def __getitem__(self, index) -> "AugmentParams":
         return AugmentParams(*(None if t is None else t[index] for t in self.__dict__.values()))
@@ -192,6 +195,18 @@ def add_impulse(x: torch.Tensor, amount: torch.Tensor, draw: torch.Tensor, mean:
     low, high = (-mean / std).view(1, -1, 1, 1), ((1 - mean) / std).view(1, -1, 1, 1)
     amount = amount.view(-1, 1, 1, 1)
     return torch.where(draw < amount / 2, high, torch.where(draw < amount, low, x))
+
+
+def jitter(x: torch.Tensor, brightness: torch.Tensor | None, contrast: torch.Tensor | None,
+           std: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Brightness and contrast jitter on normalized images, one draw per image: a shift of
+    every pixel value (of [0, 1] images), then the deviations from the dataset mean (the
+    normalized zero) scaled; unclipped, as in the hiverge/cifar10-speedrun record."""
+    if brightness is not None:
+        x = x + brightness.view(-1, 1, 1, 1) / std.view(1, -1, 1, 1)
+    if contrast is not None:
+        x = x * contrast.view(-1, 1, 1, 1)
+    return x
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,8 @@ import torch
 
 from ..config import AugmentConfig
 from .augment import (
-    AugmentParams, Stream, add_impulse, add_noise, crop_flip, cutout, draw_erasing, draw_params, erase, keyed_generator,
-    keyed_numpy_generator, normalize,
+    AugmentParams, Stream, add_impulse, add_noise, crop_flip, cutout, draw_erasing, draw_params, erase, jitter,
+    keyed_generator, keyed_numpy_generator, normalize,
 )  # fmt: skip
 from .datasets import ImageSet
 from .mixing import draw_mixing, mix
@@ -83,6 +83,7 @@ class DeviceLoader:
         self.augments = (
             augment.translate > 0 or augment.flip != "none" or augment.cutout > 0 or self.policy is not None
             or augment.random_erasing > 0 or self.mixes or augment.noise_sigma > 0 or augment.impulse_amount > 0
+            or augment.brightness > 0 or augment.contrast > 0
         )  # fmt: skip
 
     def __len__(self) -> int:
@@ -134,6 +135,11 @@ class DeviceLoader:
         if a.impulse_amount > 0:
             amounts = keyed_generator(*self._key(Stream.IMPULSE, epoch))
             params.impulse_amount = torch.rand(n, self.augmented_views, generator=amounts) * a.impulse_amount
+        if a.brightness > 0 or a.contrast > 0:
+            draws = keyed_generator(*self._key(Stream.JITTER, epoch))
+            shift, scale = (2 * torch.rand(n, self.augmented_views, generator=draws) - 1 for _ in range(2))
+            params.brightness = shift * a.brightness if a.brightness > 0 else None  # both drawn: each the same alone
+            params.contrast = 1 + scale * a.contrast if a.contrast > 0 else None
         return order, params
 
     def _key(self, stream: int, *rest: int) -> tuple[int, ...]:
@@ -175,7 +181,8 @@ class DeviceLoader:
 
     def _transform(self, images: torch.Tensor, params: AugmentParams | None, view: int | None = 0) -> torch.Tensor:
         """One image per row: crop and flip, the policy (on uint8) with augmented view `view`'s
-        plan, normalize, cutout, erasing; the clean view (`view` None) is crop and flip only."""
+        plan, normalize, brightness and contrast, cutout, erasing; the clean view (`view` None)
+        is crop and flip only."""
         a = self.augment
         if params is not None and (a.translate > 0 or a.flip != "none"):
             images = crop_flip(images, params, a.padding_mode)
@@ -184,6 +191,9 @@ class DeviceLoader:
         if params.policy is not None:
             images = self.policy.apply(images, params.policy[:, view])
         x = normalize(images, self.mean, self.std)
+        if params.brightness is not None or params.contrast is not None:
+            pick = lambda t: None if t is None else t[:, view]  # noqa: E731
+            x = jitter(x, pick(params.brightness), pick(params.contrast), self.std)
         if a.cutout > 0:
             x = cutout(x, params, a.cutout)
         if params.erase is not None:

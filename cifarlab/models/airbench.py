@@ -20,6 +20,9 @@ al. 2013 used it on CIFAR-10 before ZCA whitening): each image's deviations from
 per-channel means are scaled to unit standard deviation, the means kept. A contrast change
 about those means (CIFAR-10-C's contrast corruption is exactly that) then leaves the input
 unchanged; brightness and colour stay visible.
+
+`activation` is the conv groups' nonlinearity: GELU (airbench's), or SiLU (the later
+hiverge/cifar10-speedrun record's); the GELU after the whitening conv stays either way.
 """
 
 from __future__ import annotations
@@ -43,17 +46,21 @@ class _DiracConv(nn.Conv2d):
         nn.init.dirac_(self.weight.data[:in_channels])
 
 
+ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
+
+
 class ConvGroup(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, stat_momentum: float):
+    def __init__(self, in_channels: int, out_channels: int, stat_momentum: float, activation: str = "gelu"):
         super().__init__()
         self.conv1 = _DiracConv(in_channels, out_channels)
         self.norm1 = _FrozenScaleBatchNorm(out_channels, stat_momentum)
         self.conv2 = _DiracConv(out_channels, out_channels)
         self.norm2 = _FrozenScaleBatchNorm(out_channels, stat_momentum)
+        self.activation = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2)))
-        return F.gelu(self.norm2(self.conv2(x)))
+        x = self.activation(self.norm1(F.max_pool2d(self.conv1(x), 2)))
+        return self.activation(self.norm2(self.conv2(x)))
 
 
 class AirbenchNet(nn.Module):
@@ -69,8 +76,11 @@ class AirbenchNet(nn.Module):
         head_init_std: float | None = None,
         whitening: bool = True,
         contrast_norm: bool = False,
+        activation: str = "gelu",
     ):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{activation}'; choose one of: {', '.join(ACTIVATIONS)}")
         self.contrast_norm = contrast_norm
         whiten_width = 2 * 3 * whiten_kernel**2
         self.whiten = nn.Conv2d(3, whiten_width, whiten_kernel, bias=True)
@@ -79,7 +89,7 @@ class AirbenchNet(nn.Module):
         nn.init.zeros_(self.whiten.bias)
         groups, in_channels = [], whiten_width
         for width in widths:
-            groups.append(ConvGroup(in_channels, width, stat_momentum))
+            groups.append(ConvGroup(in_channels, width, stat_momentum, activation))
             in_channels = width
         self.groups = nn.Sequential(*groups)
         self.head = nn.Linear(in_channels, num_classes, bias=False)
