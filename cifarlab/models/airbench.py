@@ -50,7 +50,7 @@ ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
 
 
 class ConvGroup(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, stat_momentum: float, activation: str = "gelu"):
+    def __init__(self, in_channels: int, out_channels: int, stat_momentum: float, activation: str):
         super().__init__()
         self.conv1 = _DiracConv(in_channels, out_channels)
         self.norm1 = _FrozenScaleBatchNorm(out_channels, stat_momentum)
