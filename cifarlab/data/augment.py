@@ -197,18 +197,18 @@ def add_impulse(x: torch.Tensor, amount: torch.Tensor, draw: torch.Tensor, mean:
     return torch.where(draw < amount / 2, high, torch.where(draw < amount, low, x))
 
 
-def jitter(x: torch.Tensor, brightness: torch.Tensor | None, contrast: torch.Tensor | None,
-           std: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """Brightness and contrast jitter on normalized images, one draw per image: a shift of
-    every pixel value (of [0, 1] images), then the deviations from the dataset mean (the
-    normalized zero) scaled; unclipped, as in the hiverge/cifar10-speedrun record. Not the
+def jitter(x: torch.Tensor, params: AugmentParams, view: int, std: torch.Tensor) -> torch.Tensor:
+    """Brightness and contrast jitter on normalized images, augmented view `view`'s draw per
+    image (each off where `params` has none): a shift of every pixel value (of [0, 1] images),
+    then the deviations from the dataset mean (the normalized zero) scaled; unclipped, as in
+    the hiverge/cifar10-speedrun record. Not the
     policies' Brightness and Contrast ops (image_ops.py), which blend uint8 images with black
     or with their own grey mean at a magnitude bin: this one is continuous and costs two
     elementwise ops on the floats the batch already is."""
-    if brightness is not None:
-        x = x + brightness.view(-1, 1, 1, 1) / std.view(1, -1, 1, 1)
-    if contrast is not None:
-        x = x * contrast.view(-1, 1, 1, 1)
+    if params.brightness is not None:
+        x = x + params.brightness[:, view].view(-1, 1, 1, 1) / std.view(1, -1, 1, 1)
+    if params.contrast is not None:
+        x = x * params.contrast[:, view].view(-1, 1, 1, 1)
     return x
 
 

@@ -190,10 +190,7 @@ class DeviceLoader:
             return self._layout(normalize(images, self.mean, self.std))
         if params.policy is not None:
             images = self.policy.apply(images, params.policy[:, view])
-        x = normalize(images, self.mean, self.std)
-        if params.brightness is not None or params.contrast is not None:
-            pick = lambda t: None if t is None else t[:, view]  # noqa: E731
-            x = jitter(x, pick(params.brightness), pick(params.contrast), self.std)
+        x = jitter(normalize(images, self.mean, self.std), params, view, self.std)
         if a.cutout > 0:
             x = cutout(x, params, a.cutout)
         if params.erase is not None:
