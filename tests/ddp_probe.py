@@ -3,6 +3,8 @@ record of what this process did, saved to $PROBE_DIR/rank<RANK>.json at exit:
 - `batches`: [epoch, batch, per-image pixel sums, labels] of every training step it took;
 - `model`: a digest of each tensor of the trained model (parameters and buffers) at the end;
 - `kept`: the training images of the late epochs under train.drop_easy (None without it);
+- `trained_on`: the training set's positions in the training file and its labels (a
+  self-training student's include the pool images its teacher labelled);
 - `writes`: every file-system change it made inside the run directory (Python audit events:
   opens for writing, renames, mkdir, truncate, removals), to check that only rank 0 writes.
 """
@@ -46,12 +48,15 @@ def _probed_step(self, x, y, step=Trainer.train_step):
 
 def _save() -> None:
     path = Path(os.environ["PROBE_DIR"]) / f"rank{RANK}.json"
-    model, kept = {}, None
+    model, kept, trained_on = {}, None, None
     if trainers:
         state = trainers[0].model.state_dict()
         model = {k: hashlib.sha256(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest() for k, v in state.items()}
         kept = None if trainers[0].kept is None else trainers[0].kept.tolist()
-    path.write_text(json.dumps({"batches": batches, "writes": writes, "model": model, "kept": kept}))
+        splits = trainers[0].splits
+        trained_on = [splits.train_positions.tolist(), splits.train.labels.tolist()]
+    path.write_text(json.dumps({"batches": batches, "writes": writes, "model": model, "kept": kept,
+                                "trained_on": trained_on}))
 
 
 Trainer.train_step = _probed_step

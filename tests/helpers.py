@@ -1,7 +1,7 @@
 """Helpers the tests import (`from helpers import ...`; pytest puts tests/ on sys.path): the
 real CIFAR data's location, and small synthetic datasets and checkpoints in the official
-layouts, so the suite runs anywhere, and a way to stop a run mid-way as a crash would
-(`train_until`). Fixtures built on them are in conftest.py."""
+layouts, so the suite runs anywhere, a way to stop a run mid-way as a crash would
+(`train_until`), and a self-training teacher's view of its pool (`sure_of_the_pool`). Fixtures built on them are in conftest.py."""
 
 from __future__ import annotations
 
@@ -113,3 +113,26 @@ def train_until(config, step: int) -> StopAt:
     with pytest.raises(StopAt.Stop):
         cifarlab.train(config, callbacks=[stop], verbose=False)
     return stop
+
+
+def sure_of_the_pool(teacher: Path, fewest: int, most: int):
+    """(threshold, which pool images reach it, their predicted classes): a few-label run's
+    model on its unlabelled pool, without TTA, in fp32, and a threshold at the widest gap
+    between two neighbouring confidences for which `fewest` to `most` images reach it; far from
+    every confidence, so rounding (other batch sizes, shards) moves no image across it."""
+    import torch
+
+    from cifarlab.data import make_splits
+    from cifarlab.engine.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(teacher, "cpu")
+    pool = make_splits(checkpoint.config().data).unlabelled
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (checkpoint.mean, checkpoint.std))
+    with torch.no_grad():
+        probabilities = checkpoint.model.eval()((pool.images.float() / 255 - mean) / std).softmax(1)
+    confidence, predicted = probabilities.max(1)
+    ranked, n = confidence.sort().values, len(confidence)
+    gap = int(ranked.diff()[n - most - 1 : n - fewest].argmax()) + n - most - 1  # between ranked[gap] and [gap + 1]
+    threshold = float((ranked[gap] + ranked[gap + 1]) / 2)
+    sure = confidence >= threshold
+    return threshold, sure, predicted[sure]

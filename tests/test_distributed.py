@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from cifarlab.engine import distributed
 from cifarlab.engine.metrics_log import read_metrics
 from cifarlab.errors import CifarlabError
-from helpers import REPO
+from helpers import REPO, sure_of_the_pool
 
 pytestmark = pytest.mark.slow  # each test launches torchrun jobs of several processes
 
@@ -184,6 +184,25 @@ def test_ranks_hold_the_same_model_with_batchnorm_whitening_and_muon(robust, rea
     ranks = [read_probe(tmp_path / "probe", r) for r in (0, 1)]
     assert any(".running_mean" in key for key in ranks[0]["model"]) and ranks[0]["model"] == ranks[1]["model"]
     assert ranks[0]["kept"] == ranks[1]["kept"] and (ranks[0]["kept"] is None) == ("train.drop_easy=0.3" not in robust)
+
+
+def test_a_selftraining_student_trains_on_the_same_pool_images_on_every_rank(synthetic_root, tmp_path):
+    """--semi selftrain: each rank predicts its shard of the pool and all gather the predictions,
+    so both ranks train on the very images, with the very classes, of a single-process student."""
+    few = ["--recipe", "fast", "--set", "model.options.widths=[16, 32, 32]", "--labels-per-class", "10",
+           "--set", "data.calib_size=0", "--epochs", "2", "--batch-size", "20", "--device", "cpu", "--no-report",
+           "--set", "train.precision=fp32", "--set", "train.tta=none"]  # fmt: skip
+    finish(launch(1, synthetic_root, tmp_path / "teacher", settings=few))
+    threshold, sure, predicted = sure_of_the_pool(tmp_path / "teacher", 100, 300)
+    student = [*few, "--semi", "selftrain", "--teacher", str(tmp_path / "teacher"), "--set", f"semi.threshold={threshold}"]
+    finish(launch(1, synthetic_root, tmp_path / "one", probe_dir=tmp_path / "probe1", settings=student))
+    finish(launch(2, synthetic_root, tmp_path / "two", probe_dir=tmp_path / "probe2", settings=student))
+    one, *ranks = [read_probe(tmp_path / "probe1", 0)] + [read_probe(tmp_path / "probe2", r) for r in (0, 1)]
+    assert ranks[0]["trained_on"] == ranks[1]["trained_on"] == one["trained_on"]
+    positions, labels = one["trained_on"]
+    assert len(positions) == 100 + int(sure.sum()) and labels[100:] == predicted.tolist()
+    recorded = [json.loads((tmp_path / run / "labelled.json").read_text()) for run in ("one", "two")]
+    assert recorded[0]["pseudo_positions"] == recorded[1]["pseudo_positions"] == positions[100:]
 
 
 def test_a_global_batch_that_ranks_cannot_share_is_refused(real_root, tmp_path):

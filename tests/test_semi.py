@@ -16,9 +16,8 @@ from cifarlab.config import AugmentConfig, DataConfig, SemiConfig
 from cifarlab.data import DeviceLoader, ImageSet, SemiLoader, load_split, make_splits
 from cifarlab.data import splits as splits_module
 from cifarlab.engine.metrics_log import read_metrics
-from cifarlab.engine.checkpoint import load_checkpoint
 from cifarlab.labels import SemiObjective, pseudo_labelled, pseudo_labels
-from helpers import train_until
+from helpers import sure_of_the_pool, train_until
 
 TINY = ["model.options.widths=[16, 32, 32]", "train.log_every=1", "train.report=false", "train.tta=none"]
 
@@ -179,16 +178,7 @@ def teacher(synthetic_root, tmp_path_factory):
 
 def test_selftraining_adds_the_pool_images_the_teacher_is_sure_of_with_its_predictions(synthetic_root, teacher,
                                                                                       tmp_path):  # fmt: skip
-    checkpoint = load_checkpoint(teacher.dir, "cpu")
-    pool = make_splits(teacher.config.data).unlabelled
-    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (checkpoint.mean, checkpoint.std))
-    with torch.no_grad():  # the teacher's view of the pool, computed here from its weights
-        probabilities = checkpoint.model.eval()((pool.images.float() / 255 - mean) / std).softmax(1)
-    confidence, predicted = probabilities.max(1)
-    ranked = confidence.sort().values
-    gap = int((ranked.diff()[150:250]).argmax()) + 150  # a threshold in the middle, away from any confidence
-    threshold = float((ranked[gap] + ranked[gap + 1]) / 2)
-    sure = confidence >= threshold
+    threshold, sure, predicted = sure_of_the_pool(teacher.dir, 150, 250)  # computed here from the teacher's weights
     assert 150 <= sure.sum() <= 250
 
     sets = [*TEACHER[:3], "semi.method=selftrain", f"semi.threshold={threshold}", "train.checkpoint_every=3"]
@@ -201,14 +191,14 @@ def test_selftraining_adds_the_pool_images_the_teacher_is_sure_of_with_its_predi
     added = taught.train_positions[len(splits.train):]
     assert torch.equal(added, splits.unlabelled_positions[sure])  # exactly the sure ones, none of the labelled
     assert torch.equal(taught.train.images[len(splits.train):], full.images[added])
-    assert torch.equal(taught.train.labels[len(splits.train):], predicted[sure])  # labelled with the prediction
-    assert (predicted[sure] != full.labels[added]).any()  # the hidden labels play no part (the teacher errs)
+    assert torch.equal(taught.train.labels[len(splits.train):], predicted)  # labelled with the prediction
+    assert (predicted != full.labels[added]).any()  # the hidden labels play no part (the teacher errs)
 
     run = cifarlab.train(student, verbose=False)  # an ordinary supervised run on them
     record = json.loads((run.dir / "labelled.json").read_text())
     assert (record["labelled"], record["train"], record["pseudo_labelled"]) == (100, 100 + int(sure.sum()), int(sure.sum()))
     assert record["indices"] == json.loads((teacher.dir / "labelled.json").read_text())["indices"]
-    assert record["pseudo_positions"] == added.tolist() and record["pseudo_labels"] == predicted[sure].tolist()
+    assert record["pseudo_positions"] == added.tolist() and record["pseudo_labels"] == predicted.tolist()
 
     # stopped, its teacher gone: the resumed student trains on the recorded labels, as if never stopped
     moved = shutil.copytree(teacher.dir, tmp_path / "moved-teacher")

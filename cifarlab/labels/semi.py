@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..config import Config, SemiConfig
 from ..data import ImageSet, Splits, label_differences
+from ..engine import distributed
 from ..engine.checkpoint import load_checkpoint
 from ..engine.inference import checkpoint_loader, class_probabilities
 from ..engine.runtime import autocast
@@ -70,7 +71,9 @@ def pseudo_labelled(splits: Splits, config: Config, device: torch.device, saved:
     a top probability ≥ semi.threshold, labelled with that prediction. The teacher must have
     learnt from exactly this run's labels (no others can leak in); the student then trains as
     any supervised run, with its own augmentation as the noise, and can teach the next round.
-    Every process of a torchrun job labels the whole pool alike: the same set on each rank.
+    Under torchrun each process predicts its shard of the pool and all gather the predictions,
+    so every rank chooses the same images (each labelling the whole pool alone could differ
+    in rounding, and an image at τ would then train on one rank only).
     `saved`: the run's own labelled.json when it resumes; the teacher's labels recorded there
     are used, so a resumed student needs no teacher and trains on exactly the same set."""
     pool = splits.unlabelled
@@ -99,9 +102,10 @@ def _teacher_labels(splits: Splits, config: Config, device: torch.device) -> tup
                             f"student's labels")  # fmt: skip
     pool = splits.unlabelled
     hidden = ImageSet(pool.images, torch.zeros(len(pool.images), dtype=torch.long), pool.classes)  # the loader wants labels
-    loader = checkpoint_loader(checkpoint, taught, hidden, device)
+    loader = checkpoint_loader(checkpoint, taught, distributed.shard(hidden), device)
     probabilities = class_probabilities(checkpoint, loader, raw=True, tta=taught.train.tta,
                                         autocast=autocast(device, taught.train.precision))  # fmt: skip
+    probabilities = distributed.gather_shards(probabilities, len(pool))
     labels, keep = pseudo_labels(probabilities, semi.threshold)
     if not keep.any():
         raise CifarlabError(f"semi.teacher '{semi.teacher}' predicts no pool image at semi.threshold={semi.threshold} "
