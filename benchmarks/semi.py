@@ -12,8 +12,8 @@ evaluation, which both arms pay alike). Reported:
 each arm's real train and eval seconds, its test accuracy (eval.json: the test set evaluated
 once, at the end), and semi minus labels-only in points. The probe assumes the machine's speed
 stays as it was: on a shared CPU an arm can end far from the budget (`within_budget` says).
---results FILE appends each seed as a JSON line and summarizes every line of the same
-labels-per-class and method in the file.
+--results FILE appends each seed as a JSON line and summarizes the file's lines measured alike
+(labels per class, method, settings, budgets; a seed measured again counts once, by its last line).
 
 --method selftrain: the semi arm is a labels-only teacher given --teacher-minutes (fitted as
 above), then --rounds students of --student-recipe (no validation or calibration hold-out: every
@@ -118,9 +118,9 @@ def selftrain_arm(args, seed: int, folder: Path) -> dict:
 def setup(args) -> dict:
     """What a result line was measured with: the summary averages only lines that agree on it."""
     measured = {"labels_per_class": args.labels_per_class, "method": args.method, "sets": args.set,
-                "baseline_sets": args.baseline_set, "budget_seconds": 60 * args.budget_minutes}  # fmt: skip
-    if args.baseline_minutes:
-        measured["baseline_budget_seconds"] = 60 * args.baseline_minutes
+                "baseline_sets": args.baseline_set, "budget_seconds": 60 * args.budget_minutes,
+                "baseline_budget_seconds": 60 * (args.baseline_minutes or args.budget_minutes),
+                "reserve_seconds": 60 * args.reserve_minutes}  # fmt: skip
     if args.method == "selftrain":
         measured.update(rounds=args.rounds, thresholds=args.thresholds, student_recipe=args.student_recipe,
                         student_sets=args.student_set, teacher_minutes=args.teacher_minutes)  # fmt: skip
@@ -194,7 +194,8 @@ def main() -> None:
     if args.results:
         lines = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
         wanted = setup(args)
-        results = [r for r in lines if all(r.get(key) == value for key, value in wanted.items())]
+        alike = {r["seed"]: r for r in lines if all(r.get(key) == value for key, value in wanted.items())}
+        results = list(alike.values())  # a seed measured again counts once, by its last line
     print(json.dumps({"runs": results, "summary": summarize(results)}, indent=2))
 
 
