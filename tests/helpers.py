@@ -1,7 +1,8 @@
 """Helpers the tests import (`from helpers import ...`; pytest puts tests/ on sys.path): the
 real CIFAR data's location, and small synthetic datasets and checkpoints in the official
 layouts, so the suite runs anywhere, a way to stop a run mid-way as a crash would
-(`train_until`), and a self-training teacher's view of its pool (`sure_of_the_pool`). Fixtures built on them are in conftest.py."""
+(`train_until`), and a self-training teacher's view of its pool (`sure_of_the_pool`).
+Fixtures built on them are in conftest.py."""
 
 from __future__ import annotations
 
