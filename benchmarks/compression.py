@@ -53,12 +53,22 @@ def variants(run: Path, work: Path, macs_ratio: float, epochs: int, allocation: 
     if not (paths["pruned"] / "eval.json").is_file():
         cifarlab.prune(run, "channels", macs_ratio=macs_ratio, finetune_epochs=epochs, out=str(paths["pruned"]),
                        sets=NO_REPORT, allocation=allocation)  # fmt: skip
+    made = made_with(paths["pruned"])
+    if made != {"macs_ratio_target": macs_ratio, "allocation": allocation, "finetune_epochs": epochs}:
+        raise SystemExit(f"{paths['pruned']} was made with {made}, not these settings; remove it or choose another --work")
     if not paths["pruned onnx"].is_file():
         cifarlab.export_model(paths["pruned"], "onnx", paths["pruned onnx"])
     for source, target in ((run, "int8"), (paths["pruned"], "pruned int8")):
         if not (paths[target] / "eval.json").is_file():
             cifarlab.quantize(source, cifarlab.QuantizeConfig(out=str(paths[target])))
     return paths
+
+
+def made_with(pruned: Path) -> dict:
+    """The settings a pruned run was made with, which the report names as its own."""
+    record = json.loads((pruned / "prune.json").read_text())
+    epochs = cifarlab.resolve_config(config_file=str(pruned / "config.yaml")).train.epochs
+    return {"macs_ratio_target": record["macs_ratio_target"], "allocation": record["allocation"], "finetune_epochs": epochs}
 
 
 def goals(rows: dict[str, dict]) -> dict:

@@ -33,14 +33,15 @@ def variants(tmp_path_factory, synthetic_root):
 
 def test_bench_rows_are_the_variants_measured(variants):
     root, paths = variants
-    done = run_cli("bench", *paths, "--calls", 20, "--threads", 1, cwd=root)
+    done = run_cli("bench", *paths, "--calls", 10, "--threads", 1, cwd=root)  # 10 calls over 4 rounds
     assert done.returncode == 0, done.stderr
     table = json.loads((paths[0] / "bench.json").read_text())
     rows = table["rows"]
     assert [r["label"] for r in rows] == ["lenet", "lenet-int8", "lenet.onnx", "lenet-pruned"]
     assert [(r["runtime"], r["precision"]) for r in rows] == [
         ("pytorch", "fp32"), ("onnxruntime", "int8"), ("onnxruntime", "fp32"), ("pytorch", "fp32")]
-    assert table["threads"] == 1 and all(r["calls"] == 20 for r in rows)
+    assert table["threads"] == 1 and all(r["calls"] == 10 for r in rows)
+    assert table["batch"] == 200  # the synthetic test set is smaller than a batch of 256: its throughput counts 200
     for r in rows:
         assert 0 < r["latency_ms_p50"] <= r["latency_ms_p99"] and r["images_per_s"] > 0
         assert r["label"] in done.stdout
@@ -82,7 +83,7 @@ def test_report_without_bench_says_how(variants):
     (["bench", "lenet", "--threads", "0"], "--threads must be at least 1"),
     (["bench", "lenet", "--calls", "0"], "--calls and --batches must be at least 1"),
     (["bench", "lenet", "--out", "lenet.onnx"], "is a file"),
-    (["bench", "lenet", "empty"], "empty"),
+    (["bench", "lenet", "empty"], "'empty' is neither a run directory nor a checkpoint folder"),
 ])  # fmt: skip
 def test_bench_bad_inputs(variants, args, expected):
     root, _ = variants

@@ -78,6 +78,13 @@ def test_an_export_that_fails_parity_is_not_written(data_root, tmp_path, monkeyp
     assert tree(tmp_path) == before
 
 
+def test_export_from_inside_a_run_writes_beside_it(synthetic_root, tmp_path, monkeypatch, capsys):
+    source = write_run_checkpoint(tmp_path / "ckpt", synthetic_root)
+    monkeypatch.chdir(source)
+    assert main(["export", "."]) == 0
+    assert (tmp_path / "ckpt.onnx").is_file() and not list(source.glob("*.onnx"))
+
+
 @pytest.mark.slow  # a subprocess each
 @pytest.mark.parametrize("args, expected", [
     (["--format", "tflite"], "unknown export format 'tflite'; choose one of: onnx, pt2"),

@@ -188,7 +188,6 @@ def test_macs_ratio_is_reached_within_its_tolerance(allocation, tmp_path):
     record, resized = prune_model(source, PruneTarget(macs_ratio=0.6, allocation=allocation), 32,
                                   lambda step: [(x, y)])  # fmt: skip
     assert abs(record["macs_ratio"] - 0.6) <= 0.02 and 0 < record["amount"] < 1
-    assert record["macs_ratio"] == record["macs_after"] / record["macs_before"]
     assert record["allocation"] == allocation and record["importance"] == "taylor"
     assert all(p.grad is None for p in source.model.parameters())
     inner = {resized[f"blocks.{i}.conv1"]["out_channels"] for i in range(3)}  # 16 channels each in the first stage

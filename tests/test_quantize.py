@@ -159,6 +159,12 @@ def test_quantization_aware_training(backend, trained, tmp_path):
     assert read(run.dir / "meta.json")["quantization"]["qat_epochs"] == 1
 
 
+@pytest.mark.slow
+def test_one_calibration_image_is_enough_for_pt2e(trained, tmp_path):
+    run = quantize(trained, QuantizeConfig(backend="pt2e", calib=1, out=str(tmp_path / "one")), verbose=False)
+    assert read(run.dir / "meta.json")["quantization"]["calib"] == 1 and run.test["num_images"] > 0
+
+
 # ------------------------------------------------------------------------------ bad inputs
 QUANTIZE = ["quantize", "ckpt", "--int8"]
 CASES = {

@@ -40,7 +40,7 @@ class _Variant:
     path: Path
     checkpoint: Checkpoint
     result: dict  # the test metrics it was tested at
-    big: torch.Tensor  # BATCH test images, in the layout the model runs in
+    big: torch.Tensor  # BATCH test images (all of a smaller test set), in the layout the model runs in
     one: torch.Tensor
 
 
@@ -54,13 +54,13 @@ def measure(paths: list[str | Path], calls: int = 200, batches: int = 2, data_di
     base = None
     rows = []
     for variant, (latencies, seconds) in zip(variants, timings):
-        row = _row(variant, latencies, BATCH * batches / seconds)
+        row = _row(variant, latencies, len(variant.big) * batches / seconds)
         base = base or row
         row["speedup_throughput"] = row["images_per_s"] / base["images_per_s"]
         row["speedup_latency"] = base["latency_ms_p50"] / row["latency_ms_p50"]
         row["accuracy_change"] = row["test_accuracy"] - base["test_accuracy"]
         rows.append(row)
-    return {"rows": rows, "calls": calls, "batch": BATCH, "batches": batches, "rounds": ROUNDS,
+    return {"rows": rows, "calls": calls, "batch": len(variants[0].big), "batches": batches, "rounds": ROUNDS,
             "threads": torch.get_num_threads(), "hardware": hardware(), "onnxruntime": _onnxruntime_version()}  # fmt: skip
 
 
@@ -100,8 +100,8 @@ def _timings(variants: list[_Variant], calls: int, batches: int) -> list[tuple[l
         v.checkpoint.model(v.big)
     latencies = [[] for _ in variants]
     best = [float("inf")] * len(variants)
-    per_round = -(-calls // ROUNDS)
-    for _ in range(ROUNDS):
+    for turn in range(ROUNDS):
+        per_round = calls // ROUNDS + (turn < calls % ROUNDS)  # `calls` in all
         for i, v in enumerate(variants):
             model = v.checkpoint.model
             start = time.perf_counter()

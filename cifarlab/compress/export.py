@@ -32,7 +32,7 @@ from torch import nn
 from ..data import make_splits
 from ..engine.checkpoint import load_checkpoint
 from ..engine.inference import checkpoint_loader
-from ..engine.metrics import predict
+from ..engine.metrics import finite, predict
 from ..engine.onnx_model import META_KEY, OnnxModel
 from ..errors import CifarlabError, first_line, import_extra
 from ..fileio import atomic_path
@@ -74,7 +74,8 @@ def export_model(source: str | Path, format: str = "onnx", out: str | Path | Non
     SOURCE.pt2 beside the source), checked as the module docstring says."""
     if format not in FORMATS:
         raise CifarlabError(f"unknown export format '{format}'; choose one of: {', '.join(FORMATS)}")
-    out = Path(out) if out is not None else Path(source).with_name(f"{Path(source).name}.{format}")
+    named = Path(source) if Path(source).name not in ("", "..") else Path(source).resolve()  # `export .` in a run
+    out = Path(out) if out is not None else named.with_name(f"{named.name}.{format}")
     if out.suffix != f".{format}":
         raise CifarlabError(f"--out '{out}' must end in .{format} for --format {format}")
     for package in ("onnx", "onnxscript", "onnxruntime") if format == "onnx" else ():  # fail before any work
@@ -86,7 +87,7 @@ def export_model(source: str | Path, format: str = "onnx", out: str | Path | Non
     test = make_splits(config.data).test
     sample = test.subset(torch.arange(min(PARITY_IMAGES, len(test))))
     loader = checkpoint_loader(checkpoint, config, sample, torch.device("cpu"))
-    reference, _ = predict(checkpoint.model, loader)
+    reference = finite(predict(checkpoint.model, loader)[0], source)
     checkpoint.model.to(memory_format=torch.contiguous_format)  # the layout is not part of an export
     example = loader.prepare(sample.images[:2]).contiguous()
     meta = {**checkpoint.meta, "input": INPUT}
@@ -99,7 +100,7 @@ def export_model(source: str | Path, format: str = "onnx", out: str | Path | Non
             with torch.no_grad():  # (not `predict`: a loaded program refuses .eval(); it was exported in eval mode)
                 logits = torch.cat([program(x) for x, _ in loader.epoch(0)])
         parity = Parity.of(reference, logits)
-        if parity.max_abs_diff > MAX_ABS_DIFF or parity.agreement < 1:
+        if not parity.max_abs_diff <= MAX_ABS_DIFF or parity.agreement < 1:  # (NaN fails too)
             raise CifarlabError(
                 f"the {format} export does not reproduce the model ({parity.summary()}; allowed: "
                 f"{MAX_ABS_DIFF:g} and 100%); nothing was written"

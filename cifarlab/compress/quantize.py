@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import sys
 import tempfile
 import warnings
@@ -64,7 +65,7 @@ from torch import nn
 
 from ..config import QuantizeConfig
 from ..data import DeviceLoader
-from ..errors import import_extra
+from ..errors import CifarlabError, first_line, import_extra
 from .export import batch_axis, onnx_proto
 
 CALIBRATION_BATCH = 100
@@ -95,7 +96,7 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor, settings: Quantiz
                   train: DeviceLoader | None = None, label_smoothing: float = 0.0, verbose: bool = True):  # fmt: skip
     """The int8 ONNX ModelProto of `model` (changed in place by QAT). `calibration`: normalized
     training images, float (N, 3, H, W); `train`: the augmented training batches QAT uses."""
-    example = calibration[:2]
+    example = calibration[[0, -1]]  # two images (one twice for --calib 1): torch.export fixes a batch axis of 1
     qat = _train_qat(model, example, train, settings, label_smoothing, verbose) if settings.qat_epochs else None
     if settings.backend == "pt2e":
         convert_pt2e = _torchao("torchao.quantization.pt2e.quantize_pt2e").convert_pt2e
@@ -116,7 +117,10 @@ def prepare_pt2e(model: nn.Module, example: torch.Tensor, qat: bool = False):
     quantize_pt2e = _torchao("torchao.quantization.pt2e.quantize_pt2e")
     x86 = _torchao("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config(is_qat=qat))
-    program = torch.export.export(_plain_convs(model), (example,), dynamic_shapes=batch_axis()).module()
+    try:
+        program = torch.export.export(_plain_convs(model), (example,), dynamic_shapes=batch_axis()).module()
+    except Exception as e:  # data-dependent control flow, unsupported operators, ...
+        raise CifarlabError(f"this model cannot be exported for PT2E ({type(e).__name__}: {first_line(e)})") from None
     with warnings.catch_warnings():  # e.g. "the input of maxpool2d is not quantized, skip annotate": expected
         warnings.simplefilter("ignore", UserWarning)
         return (quantize_pt2e.prepare_qat_pt2e if qat else quantize_pt2e.prepare_pt2e)(program, quantizer)
@@ -161,6 +165,8 @@ def _train_qat(model: nn.Module, example: torch.Tensor, train: DeviceLoader, set
             optimizer.step()
             schedule.step()
             total, count = total + loss.item() * len(x), count + len(x)
+        if not math.isfinite(total):
+            raise CifarlabError(f"QAT diverged in epoch {epoch + 1} (its loss is NaN/inf); lower --qat-lr")
         if verbose:
             print(f"QAT epoch {epoch + 1}/{settings.qat_epochs}: train loss {total / count:.4f}", file=sys.stderr)
     pt2e.move_exported_model_to_eval(prepared)
