@@ -263,12 +263,15 @@ class ActiveConfig:
     rounds: int  # rounds after round 0: the last one trains on start + rounds × budget labels
     strategy: ActiveStrategy  # how the budget is picked from the unlabelled pool
 
-    def validate(self, training_images: int) -> ActiveConfig:
-        """One CifarlabError naming the flag; `training_images`: the pool before round 0."""
+    def validate(self, training_images: int | None = None) -> ActiveConfig:
+        """One CifarlabError naming the flag; `training_images`: the pool before round 0 (None:
+        the checks that need no data, made before the data is read)."""
         _check_choice(self.strategy, typing.get_args(ActiveStrategy), "--strategy")
         for name in ("start", "budget", "rounds"):
             if getattr(self, name) < 1:
                 raise CifarlabError(f"--{name}={getattr(self, name)} is out of range; it must be at least 1")
+        if training_images is None:
+            return self
         if self.start > training_images:
             raise CifarlabError(f"--start={self.start} is more than the {training_images} training images")
         needed = self.start + self.rounds * self.budget

@@ -218,6 +218,7 @@ def quantize(source: str | Path, settings: QuantizeConfig | None = None, data_di
         raise CifarlabError(f"--calib={settings.calib} is more than the {len(splits.train)} training images of the run")
     test = checkpoint_loader(checkpoint, config, splits.test, torch.device("cpu"))
     float_logits, labels = predict(checkpoint.model, test, config.train.tta)
+    finite(float_logits, source)
     checkpoint.model.to(memory_format=torch.contiguous_format)  # the layout is not part of an export
     picked = stratified_indices(splits.train.labels, settings.calib, config.train.seed)[1]
     calibration = test.prepare(splits.train.images[picked]).contiguous()  # normalized as the model's inputs
@@ -704,6 +705,7 @@ def active(settings: ActiveConfig, recipe: str | None = None, sets=(), seed: int
     round's labels) and write no HTML report (train.report=true does)."""
     if os.environ.get("WORLD_SIZE", "1") != "1":
         raise CifarlabError("active learning runs in one process; train a single round under torchrun instead")
+    settings.validate()
     flags = {"data": _given({"val_size": 0, "calib_size": 0, "data_dir": data_dir}),
              "train": _given({"seed": seed, "epochs": epochs, "device": device, "report": False})}  # fmt: skip
     config = resolve(recipe, flags=flags, sets=sets)

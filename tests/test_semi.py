@@ -247,7 +247,7 @@ def test_a_teacher_with_other_labels_or_no_sure_prediction_is_refused(synthetic_
     (["--labels-per-class", "10", "--semi", "selftrain"], "semi.method=selftrain needs semi.teacher (--teacher RUN)"),
     (["--labels-per-class", "10", "--semi", "fixmatch", "--teacher", "runs/x"],
      "semi.teacher is used by semi.method=selftrain only, not fixmatch"),
-    (["--labels-per-class", "10", "--semi", "selftrain", "--teacher", "nowhere"], "nowhere"),
+    (["--labels-per-class", "10", "--semi", "selftrain", "--teacher", "nowhere"], "'nowhere' does not exist"),
     (["--labels-per-class", "50", "--semi", "selftrain", "--teacher", "nowhere"],
      "data.labels_per_class=50 leaves no unlabelled images for the teacher to label"),
     (["--labels-per-class", "10", "--semi", "fixmatch", "--set", "data.labelled_indices=labelled.json"],

@@ -119,11 +119,18 @@ def read_results(paths: list[str | Path]) -> list[dict]:
         file = path / RESULT_FILE if path.is_dir() else path
         result = read_json(file, "active-learning result")
         rounds = result.get("rounds") if isinstance(result, dict) else None
-        if not (isinstance(rounds, list) and "strategy" in result
-                and all(isinstance(r, dict) and {"labelled", "test_accuracy"} <= r.keys() for r in rounds)):  # fmt: skip
-            raise CifarlabError(f"'{file}' is not a `cifarlab active` result (no strategy and rounds)")
+        if not (isinstance(rounds, list) and rounds and isinstance(result.get("strategy"), str)
+                and all(isinstance(r, dict) and _is_round(r) for r in rounds)):  # fmt: skip
+            raise CifarlabError(f"'{file}' is not a `cifarlab active` result (a strategy, and rounds of a labelled "
+                                f"count and a test accuracy in [0, 1])")  # fmt: skip
         results.append(result)
     return results
+
+
+def _is_round(record: dict) -> bool:
+    """A labelled count (an int > 0) and a test accuracy (a number in [0, 1], so not NaN)."""
+    count, accuracy = record.get("labelled"), record.get("test_accuracy")
+    return type(count) is int and count > 0 and type(accuracy) in (int, float) and 0 <= accuracy <= 1
 
 
 def summarize(results: list[dict]) -> dict[str, list[dict]]:

@@ -2,8 +2,9 @@
 through cleanlab, on out-of-sample predicted probabilities.
 
 Confident learning estimates, per class pair, how many images labelled i truly belong to j
-(from each class's average self-confidence as its threshold), then flags that many of the
-least self-confident images per pair (cleanlab's `prune_by_noise_rate`). The flagged images
+(from each class's average self-confidence as its threshold), then flags, per pair, that many
+images whose probability of the other class most exceeds that of their given label (cleanlab's
+`prune_by_noise_rate`). The flagged images
 are ranked by their label quality score: the probability the model gives the given label.
 
 The probabilities must come from a model that never trained on the image, or it will have
