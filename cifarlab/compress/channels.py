@@ -21,7 +21,6 @@ What the tracer cannot map is left whole rather than guessed:
 
 from __future__ import annotations
 
-import importlib
 import re
 import warnings
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CifarlabError, first_line
+from ..errors import CifarlabError, first_line, import_extra
 
 ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 # autograd ops (their names without "Backward<n>") that keep channel i at position i; torch_pruning
@@ -41,14 +40,6 @@ _CHANNELWISE = {
     "LeakyRelu", "Elu", "MaxPool2DWithIndices", "AvgPool2D", "AdaptiveAvgPool2D", "AdaptiveMaxPool2D", "Mean", "Clone",
 }  # fmt: skip
 _OF_WEIGHTS = {"T"}  # ops the graph shows on a weight (F.linear's transpose), harmless where they have no input
-
-
-def import_torch_pruning():
-    """torch-pruning is an optional extra: say how to get it when it is missing."""
-    try:
-        return importlib.import_module("torch_pruning")
-    except ImportError:
-        raise CifarlabError("channel pruning needs torch-pruning: pip install 'cifarlab[compress]'") from None
 
 
 class _Marked(nn.Module):
@@ -71,7 +62,7 @@ class _Unit:
     """One traced module and the groups of coupled channels that can be pruned in it."""
 
     def __init__(self, module: nn.Module, example: torch.Tensor):
-        tp = import_torch_pruning()
+        tp = import_extra("torch_pruning")
         marked = _Marked(module)
         with warnings.catch_warnings():  # e.g. "unknown op, handled as element-wise": judged below instead
             warnings.simplefilter("ignore")
@@ -214,7 +205,7 @@ def _prunable_units(model: nn.Module, example: torch.Tensor) -> list[_Unit]:
 
 
 def _importance(taylor: bool):
-    tp = import_torch_pruning()
+    tp = import_extra("torch_pruning")
     kind = tp.importance.GroupTaylorImportance if taylor else tp.importance.GroupMagnitudeImportance
     return kind(normalizer="mean")  # each group's scores over their mean: kept_channels compares groups
 
